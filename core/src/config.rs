@@ -1,0 +1,329 @@
+//! One configuration for every Sluice binary.
+//!
+//! Sources, later ones winning: built-in defaults (documented on each field), a TOML file
+//! (`--config`, or `sluice.toml` when present), environment variables `SLUICE_<SECTION>__<KEY>`
+//! (e.g. `SLUICE_KAFKA__BOOTSTRAP_SERVERS`), then command-line flags. `deploy/sluice.example.toml`
+//! shows every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded state lives: the SQLite database and the qdrant-edge store. Default `.sluice`.
+    pub data_dir: PathBuf,
+    pub kafka: KafkaConfig,
+    pub gateway: GatewayConfig,
+    pub worker: WorkerConfig,
+    pub database: DatabaseConfig,
+    pub vector_store: VectorStoreConfig,
+    pub model: ModelConfig,
+    pub chunking: ChunkingConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".sluice"),
+            kafka: KafkaConfig::default(),
+            gateway: GatewayConfig::default(),
+            worker: WorkerConfig::default(),
+            database: DatabaseConfig::default(),
+            vector_store: VectorStoreConfig::default(),
+            model: ModelConfig::default(),
+            chunking: ChunkingConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Default `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// Document records, keyed by tenant and document id. Default `sluice.documents`.
+    pub documents_topic: String,
+    /// Default 3: one document's records stay in one partition, documents spread over all.
+    pub documents_partitions: i32,
+    /// Completion events from workers. Default `sluice.completions`, 3 partitions.
+    pub completions_topic: String,
+    pub completions_partitions: i32,
+    /// Records that could not be processed. Default `sluice.dead-letters`, 1 partition.
+    pub dead_letter_topic: String,
+    pub dead_letter_partitions: i32,
+    /// Default 1 (a single local broker).
+    pub replication_factor: i32,
+    /// Create missing topics at start. Default true.
+    pub create_topics: bool,
+    /// librdkafka properties passed through untouched to every client (e.g. security.protocol).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            documents_topic: "sluice.documents".into(),
+            documents_partitions: 3,
+            completions_topic: "sluice.completions".into(),
+            completions_partitions: 3,
+            dead_letter_topic: "sluice.dead-letters".into(),
+            dead_letter_partitions: 1,
+            replication_factor: 1,
+            create_topics: true,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// gRPC listen address. Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// HTTP `/healthz` listen address. Default `127.0.0.1:8080`.
+    pub health_listen: SocketAddr,
+    /// Names this instance: its transactional.id is `sluice-gateway-<instance_id>`, so it must
+    /// be unique per running gateway and stable across its restarts. Default: the host name.
+    pub instance_id: String,
+    /// DEV ONLY: take the tenant from the `x-sluice-tenant` request header, no authentication.
+    /// Default false.
+    pub dev_tenant_header: bool,
+    /// Largest text accepted in one document, in bytes. Default 1 MiB.
+    pub max_text_bytes: usize,
+    /// Largest payload accepted in one document, in bytes. Default 4 MiB.
+    pub max_payload_bytes: usize,
+    /// Most documents in one IngestBatch. Default 1000.
+    pub max_batch_documents: usize,
+    /// Largest top_k a search may ask for. Default 100.
+    pub max_top_k: u32,
+    /// Requests arriving together share one Kafka transaction; at most this many records.
+    /// Default 500.
+    pub max_records_per_transaction: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".parse().expect("valid"),
+            health_listen: "127.0.0.1:8080".parse().expect("valid"),
+            instance_id: default_instance_id(),
+            dev_tenant_header: false,
+            max_text_bytes: 1 << 20,
+            max_payload_bytes: 4 << 20,
+            max_batch_documents: 1000,
+            max_top_k: 100,
+            max_records_per_transaction: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Consumer group of all workers. Default `sluice-workers`.
+    pub group_id: String,
+    /// Names this worker: its transactional.id is `sluice-worker-<instance_id>`. Default: host name.
+    pub instance_id: String,
+    /// Attempts at indexing one record before it is FAILED. Default 3.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds, doubling each time. Default 200.
+    pub retry_initial_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "sluice-workers".into(),
+            instance_id: default_instance_id(),
+            max_attempts: 3,
+            retry_initial_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// sea-orm URL, e.g. `postgres://user@127.0.0.1/sluice`. Default: SQLite at
+    /// `<data_dir>/sluice.db`.
+    pub url: Option<String>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VectorStoreKind {
+    /// qdrant-edge, in-process, under `<data_dir>/vectors`. Gateway and worker must share the
+    /// process (`standalone`).
+    Edge,
+    /// A Qdrant server through qdrant-client.
+    Qdrant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorStoreConfig {
+    /// `edge` (default) or `qdrant`.
+    pub kind: VectorStoreKind,
+    /// Qdrant gRPC URL, e.g. `http://127.0.0.1:6334` (kind = qdrant).
+    pub url: String,
+    pub api_key: Option<String>,
+    /// Default `sluice_chunks`.
+    pub collection: String,
+}
+
+impl Default for VectorStoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: VectorStoreKind::Edge,
+            url: "http://127.0.0.1:6334".into(),
+            api_key: None,
+            collection: "sluice_chunks".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Directory with model.safetensors, tokenizer.json and config.json of all-MiniLM-L6-v2.
+    /// Default `$HOME/.cache/sluice/model` (where `deploy/dev/install-model` puts it).
+    pub dir: PathBuf,
+    /// Chunks embedded in one forward pass. Default 16.
+    pub max_batch: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        Self { dir: home.join(".cache/sluice/model"), max_batch: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Chunk size in model tokens. Default 250 (the model reads 256 with [CLS] and [SEP]).
+    pub max_tokens: usize,
+    /// Tokens shared by consecutive chunks. Default 32.
+    pub overlap_tokens: usize,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self { max_tokens: 250, overlap_tokens: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` wins when set. Default `info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Defaults, then the file (if given, it must exist; else `sluice.toml` if present), then
+    /// `SLUICE_*` variables, then `overrides` (command-line flags, already serialised).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        figment = match file {
+            Some(path) => figment.merge(Toml::file_exact(path)),
+            None => figment.merge(Toml::file("sluice.toml")),
+        };
+        figment
+            .merge(Env::prefixed("SLUICE_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// The database URL, defaulting to SQLite in the data dir (created when missing).
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("sluice.db").display())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "data_dir = \"/d\"\n[kafka]\nbootstrap_servers = \"file:1\"\n[kafka.properties]\n\"linger.ms\" = \"7\"\n[gateway]\nmax_top_k = 5\n",
+            )?;
+            jail.set_env("SLUICE_KAFKA__BOOTSTRAP_SERVERS", "env:2");
+            jail.set_env("SLUICE_GATEWAY__MAX_TOP_K", "6");
+            let flags = serde_json::json!({ "gateway": { "max_top_k": 9 } });
+            let config = Config::load(Some(Path::new("s.toml")), flags).expect("loads");
+            assert_eq!(config.data_dir, PathBuf::from("/d"));
+            assert_eq!(config.kafka.bootstrap_servers, "env:2");
+            assert_eq!(config.kafka.properties["linger.ms"], "7");
+            assert_eq!(config.gateway.max_top_k, 9);
+            assert_eq!(config.kafka.documents_partitions, 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sluice.example.toml");
+        let config = Config::load(Some(&path), serde_json::json!({})).expect("example parses");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "[kafka]\nbootstrap = \"typo\"\n")?;
+            assert!(Config::load(Some(Path::new("s.toml")), serde_json::json!({})).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,71 @@
+//! The database: projections of the Kafka log (and, later, the tenant registry).
+//!
+//! Kafka is the source of truth; these tables can be rebuilt from it. SQLite by default,
+//! PostgreSQL when configured; both go through sea-orm and the same migrations.
+//!
+//! - [`ingestion`]: the `ingestions` table entity.
+//! - [`migration`]: the schema, applied at start.
+//! - [`projection`]: how ingestion events change rows (idempotently: a completion seen twice
+//!   changes nothing the second time).
+
+pub mod ingestion;
+pub mod migration;
+pub mod projection;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+/// Connects and brings the schema up to date.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or_default();
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| DbErr::Custom(format!("{}: {e}", parent.display())))?;
+        }
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+        // WAL lets readers (GetIngestion) proceed while the completion consumer writes.
+        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;").await?;
+    }
+    migration::Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Whether the database answers, for health reports.
+pub async fn probe(db: &DatabaseConnection) -> Result<&'static str, DbErr> {
+    db.ping().await?;
+    Ok(match db.get_database_backend() {
+        sea_orm::DatabaseBackend::Sqlite => "sqlite",
+        sea_orm::DatabaseBackend::Postgres => "postgres",
+        sea_orm::DatabaseBackend::MySql => "mysql",
+    })
+}
+
+/// Helpers for tests that run against the real PostgreSQL.
+pub mod testing {
+    use sea_orm::{ConnectionTrait, Database};
+
+    /// The server tests use: `SLUICE_TEST_POSTGRES_URL`, default the local one.
+    pub fn postgres_server_url() -> String {
+        std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+    }
+
+    /// Creates an empty database for one test and returns its URL. Panics (failing the test)
+    /// when PostgreSQL is unreachable: the tests must run on both databases.
+    pub async fn fresh_postgres_database() -> String {
+        let server = postgres_server_url();
+        let admin = Database::connect(&server).await.unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
+        let name = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
+        let base = server.rsplit_once('/').map(|(base, _)| base).unwrap_or(&server);
+        format!("{base}/{name}")
+    }
+}

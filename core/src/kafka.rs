@@ -1,0 +1,212 @@
+//! Kafka clients as Sluice uses them: configuration, topics, transactional producers and
+//! read_committed consumers.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::TopicPartitionList;
+
+use crate::config::KafkaConfig;
+use crate::record::Position;
+
+/// How long a transaction may stay open before the broker aborts it.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on calls to the broker that should answer quickly (metadata, topic creation).
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A client configuration: the bootstrap servers, Sluice's own settings for the role, then the
+/// operator's `kafka.properties`, passed through untouched (they win).
+pub fn client_config(kafka: &KafkaConfig, role: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in role {
+        config.set(*key, *value);
+    }
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A record to produce inside a transaction.
+#[derive(Debug, Clone)]
+pub struct OutgoingRecord {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: OwnedHeaders,
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    /// Aborted: nothing of it is visible to read_committed consumers; trying again is safe.
+    #[error("Kafka transaction aborted: {0}")]
+    Aborted(String),
+    /// The producer can no longer be used (fenced by a newer instance, or an unrecoverable
+    /// state); it must be rebuilt. Nothing of the transaction committed.
+    #[error("Kafka producer failed: {0}")]
+    Fatal(String),
+}
+
+/// A transactional producer. `transactional_id` must be stable per instance: a restarted
+/// instance with the same id fences its predecessor's open transaction.
+///
+/// One transaction at a time: callers serialise (the gateway's appender, the worker's loop).
+#[derive(Clone)]
+pub struct TransactionalProducer {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl TransactionalProducer {
+    /// Creates the producer and initialises its transactions. `timeout` bounds every step
+    /// (delivery, offsets, commit), so a caller learns of a dead broker within it.
+    pub async fn new(kafka: &KafkaConfig, transactional_id: &str, timeout: Duration) -> Result<Self, KafkaError> {
+        let delivery = timeout.as_millis().to_string();
+        let transaction = TRANSACTION_TIMEOUT.as_millis().to_string();
+        let producer: FutureProducer = client_config(
+            kafka,
+            &[
+                ("transactional.id", transactional_id),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("transaction.timeout.ms", &transaction),
+                ("message.timeout.ms", &delivery),
+                // Records of one transaction go out together.
+                ("linger.ms", "1"),
+            ],
+        )
+        .create()?;
+        let init = producer.clone();
+        blocking(move || init.init_transactions(timeout)).await?;
+        Ok(Self { producer, timeout })
+    }
+
+    /// Produces `records` and, when given, the consumer's `offsets`, as one transaction, and
+    /// commits it. Returns where each record landed, in order. On any failure the transaction
+    /// is aborted.
+    pub async fn commit(
+        &self,
+        records: &[OutgoingRecord],
+        offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+    ) -> Result<Vec<Position>, TransactionError> {
+        let producer = self.producer.clone();
+        blocking(move || producer.begin_transaction()).await.map_err(|e| self.classify(e))?;
+        match self.produce_and_commit(records, offsets).await {
+            Ok(positions) => Ok(positions),
+            Err(error) => Err(self.abort(error).await),
+        }
+    }
+
+    async fn produce_and_commit(
+        &self,
+        records: &[OutgoingRecord],
+        offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+    ) -> Result<Vec<Position>, KafkaError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in records {
+            let future = FutureRecord::to(&record.topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(record.headers.clone());
+            deliveries.push(self.producer.send_result(future).map_err(|(error, _)| error)?);
+        }
+        let mut positions = Vec::with_capacity(records.len());
+        for (record, delivery) in records.iter().zip(futures::future::join_all(deliveries).await) {
+            let delivery = delivery
+                .map_err(|_| KafkaError::Canceled)?
+                .map_err(|(error, _)| error)?;
+            positions.push(Position { topic: record.topic.clone(), partition: delivery.partition, offset: delivery.offset });
+        }
+        if let Some((offsets, group)) = offsets {
+            let (producer, timeout) = (self.producer.clone(), self.timeout);
+            blocking(move || producer.send_offsets_to_transaction(&offsets, &group, timeout)).await?;
+        }
+        let (producer, timeout) = (self.producer.clone(), self.timeout);
+        blocking(move || producer.commit_transaction(timeout)).await?;
+        Ok(positions)
+    }
+
+    async fn abort(&self, error: KafkaError) -> TransactionError {
+        if let TransactionError::Fatal(message) = self.classify(error.clone()) {
+            return TransactionError::Fatal(message);
+        }
+        let (producer, timeout) = (self.producer.clone(), self.timeout);
+        match blocking(move || producer.abort_transaction(timeout)).await {
+            Ok(()) => TransactionError::Aborted(error.to_string()),
+            Err(abort) => TransactionError::Fatal(format!("{error}; then the abort failed: {abort}")),
+        }
+    }
+
+    fn classify(&self, error: KafkaError) -> TransactionError {
+        match &error {
+            KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal(error.to_string()),
+            _ => TransactionError::Aborted(error.to_string()),
+        }
+    }
+
+    /// Whether the broker answers a metadata request, for health reports.
+    pub async fn probe(&self) -> Result<String, KafkaError> {
+        let producer = self.producer.clone();
+        blocking(move || {
+            let metadata = producer.client().fetch_metadata(None, Duration::from_secs(3))?;
+            Ok(format!("{} broker(s), {} topic(s)", metadata.brokers().len(), metadata.topics().len()))
+        })
+        .await
+    }
+}
+
+/// librdkafka's transaction calls block; keep them off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static) -> Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// A consumer that sees only committed records and commits nothing by itself.
+pub fn read_committed_consumer<C: ConsumerContext + 'static>(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    extra: &[(&str, &str)],
+    context: C,
+) -> Result<StreamConsumer<C>, KafkaError> {
+    let mut role = vec![
+        ("group.id", group_id),
+        ("isolation.level", "read_committed"),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+    ];
+    role.extend_from_slice(extra);
+    client_config(kafka, &role).create_with_context(context)
+}
+
+/// Creates the documents, completions and dead-letter topics when they are missing.
+pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
+    if !kafka.create_topics {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[]).create()?;
+    let topics = [
+        NewTopic::new(&kafka.documents_topic, kafka.documents_partitions, TopicReplication::Fixed(kafka.replication_factor)),
+        NewTopic::new(&kafka.completions_topic, kafka.completions_partitions, TopicReplication::Fixed(kafka.replication_factor)),
+        NewTopic::new(&kafka.dead_letter_topic, kafka.dead_letter_partitions, TopicReplication::Fixed(kafka.replication_factor)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(%topic, ?code, "cannot create topic"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! What the Sluice gateway and worker share.
+//!
+//! # Layout
+//! - [`proto`]: the public gRPC API (`sluice.v1`), generated from `proto/`.
+//! - [`config`]: one configuration (TOML file, `SLUICE_*` environment, flags) for every binary.
+//! - [`telemetry`]: structured logs through `tracing`.
+//! - [`tenant`]: who is calling; every layer carries it.
+//! - [`schema`]: the Avro document schema: validation, decoding, the text and attributes it declares.
+//! - [`record`]: what travels through Kafka: document records and completion events.
+//! - [`kafka`]: client configuration, topic creation, transactional producers.
+//! - [`chunk`]: splitting text into chunks measured in the model's own tokens.
+//! - [`embed`]: sentence embeddings with candle (all-MiniLM-L6-v2).
+//! - [`vector`]: the vector store trait, embedded qdrant-edge and a Qdrant server.
+//! - [`db`]: the database (sea-orm): tenants and the ingestion projection of the log.
+//! - [`health`]: the dependency report behind `/healthz` and gRPC health.
+
+pub mod chunk;
+pub mod config;
+pub mod db;
+pub mod embed;
+pub mod health;
+pub mod kafka;
+pub mod proto;
+pub mod record;
+pub mod schema;
+pub mod telemetry;
+pub mod tenant;
+pub mod vector;

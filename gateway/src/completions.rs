@@ -1,0 +1,84 @@
+//! Consumes the workers' completion events into the database and the hub.
+//!
+//! Every gateway instance reads every completion (its own consumer group), because any
+//! instance may hold the watch stream or waiting call an event is for. The database update is
+//! first-terminal-wins, so duplicates (several gateways, a broker that shows aborted records,
+//! redelivery after a restart) end each ingestion once, and only the delivery that ended it
+//! is published.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::Message;
+use sea_orm::DatabaseConnection;
+use sluice_core::config::KafkaConfig;
+use sluice_core::db::projection;
+use sluice_core::kafka::read_committed_consumer;
+use sluice_core::record::Completion;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::ingest::to_proto;
+
+pub fn spawn(kafka: KafkaConfig, group_id: String, db: DatabaseConnection, hub: Hub, shutdown: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+    // Offsets are stored only after the database has the event, and committed periodically:
+    // a restart replays at most the last few, which the projection ignores.
+    let consumer: StreamConsumer = read_committed_consumer(
+        &kafka,
+        &group_id,
+        &[("enable.auto.commit", "true"), ("auto.commit.interval.ms", "1000")],
+        DefaultConsumerContext,
+    )?;
+    consumer.subscribe(&[kafka.completions_topic.as_str()])?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "completion consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match Completion::from_json(message.payload().unwrap_or_default()) {
+                Ok(completion) => apply(&db, &hub, &completion).await,
+                Err(error) => tracing::error!(%error, offset = message.offset(), "unreadable completion skipped"),
+            }
+            if let Err(error) = consumer.store_offset_from_message(&message) {
+                tracing::warn!(%error, "cannot store completion offset");
+            }
+        }
+        if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(%error, "final completion offset commit");
+        }
+        tracing::info!("completion consumer stopped");
+    }))
+}
+
+/// Applies one completion; retries the database until it answers, since skipping would lose
+/// the event for watchers.
+async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match projection::apply_completion(db, completion).await {
+            Ok(Some(row)) => {
+                hub.publish(&row.tenant, to_proto(&row));
+                return;
+            }
+            Ok(None) => {
+                tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot record completion; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Health: the standard gRPC health service and an HTTP `/healthz` reporting each dependency
+//! (broker, database, vector store, model).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use sea_orm::DatabaseConnection;
+use sluice_core::embed::Embedder;
+use sluice_core::health::{Dependency, HealthReport, Status};
+use sluice_core::kafka::TransactionalProducer;
+use sluice_core::proto::ingest_service_server::IngestServiceServer;
+use sluice_core::proto::search_service_server::SearchServiceServer;
+use sluice_core::vector::VectorStore;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+
+use crate::ingest::IngestApi;
+use crate::search::SearchApi;
+
+/// How often the gRPC health status is refreshed.
+const REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct HealthChecker {
+    pub producer: TransactionalProducer,
+    pub db: DatabaseConnection,
+    pub store: Arc<dyn VectorStore>,
+    pub embedder: Arc<Embedder>,
+}
+
+impl HealthChecker {
+    pub async fn report(&self) -> HealthReport {
+        let broker = self.producer.probe().await;
+        let database = sluice_core::db::probe(&self.db).await;
+        let store = self.store.health().await.map(|()| self.store.kind());
+        // The model is loaded at start; that it still embeds is the check.
+        let embedder = self.embedder.clone();
+        let model = tokio::task::spawn_blocking(move || embedder.embed(&["health"]).map(|v| format!("{} dimensions", v[0].len())))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        HealthReport::new(BTreeMap::from([
+            ("broker".to_owned(), Dependency::from_result(broker)),
+            ("database".to_owned(), Dependency::from_result(database)),
+            ("vector_store".to_owned(), Dependency::from_result(store)),
+            ("model".to_owned(), Dependency::from_result(model)),
+        ]))
+    }
+
+    /// Keeps the gRPC health service in step with the dependencies until shutdown, when every
+    /// service turns NOT_SERVING so load balancers drain this instance.
+    pub async fn drive_grpc(self, reporter: HealthReporter, shutdown: CancellationToken) {
+        loop {
+            let serving = self.report().await.status == Status::Up;
+            set_all(&reporter, serving).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(REFRESH) => {}
+            }
+        }
+        set_all(&reporter, false).await;
+    }
+
+    /// `GET /healthz`: 200 with the report when all is up, 503 with it otherwise.
+    pub fn router(self) -> Router {
+        Router::new().route(
+            "/healthz",
+            get(move || {
+                let checker = self.clone();
+                async move {
+                    let report = checker.report().await;
+                    let code = if report.status == Status::Up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (code, Json(report))
+                }
+            }),
+        )
+    }
+}
+
+async fn set_all(reporter: &HealthReporter, serving: bool) {
+    let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(<IngestServiceServer<IngestApi> as tonic::server::NamedService>::NAME, status).await;
+    reporter.set_service_status(<SearchServiceServer<SearchApi> as tonic::server::NamedService>::NAME, status).await;
+}

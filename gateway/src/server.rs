@@ -1,0 +1,193 @@
+//! Assembles the gateway and runs it until shutdown.
+//!
+//! Start order: Kafka topics → transactional producer → appender → completion consumer →
+//! gRPC and HTTP listeners. Shutdown runs the other way: listeners stop taking calls and
+//! finish the ones in flight (including their transactions), then the completion consumer and
+//! the appender stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sea_orm::DatabaseConnection;
+use sluice_core::config::Config;
+use sluice_core::embed::Embedder;
+use sluice_core::kafka::{ensure_topics, TransactionalProducer};
+use sluice_core::proto::ingest_service_server::IngestServiceServer;
+use sluice_core::proto::search_service_server::SearchServiceServer;
+use sluice_core::schema::DocumentSchema;
+use sluice_core::vector::VectorStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::appender::{self, Appender};
+use crate::auth::{Authenticator, TENANT_HEADER};
+use crate::health::HealthChecker;
+use crate::hub::Hub;
+use crate::ingest::IngestApi;
+use crate::search::SearchApi;
+use crate::validate::Validator;
+use crate::completions;
+
+/// What the gateway shares with a worker in the same process: the model, the vector store and
+/// the database.
+#[derive(Clone)]
+pub struct Shared {
+    pub embedder: Arc<Embedder>,
+    pub store: Arc<dyn VectorStore>,
+    pub db: DatabaseConnection,
+}
+
+impl Shared {
+    /// Loads the model, opens the vector store and connects to the database, per `config`.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let model = config.model.clone();
+        let embedder = tokio::task::spawn_blocking(move || {
+            sluice_core::embed::Embedder::load(
+                &model.dir,
+                sluice_core::embed::EmbedderOptions { max_batch: model.max_batch, ..Default::default() },
+            )
+        })
+        .await??;
+        let store = sluice_core::vector::open(config, embedder.dimension()).await.context("vector store")?;
+        let db = sluice_core::db::connect(&config.database_url()).await.context("database")?;
+        Ok(Self { embedder: Arc::new(embedder), store, db })
+    }
+}
+
+/// Largest request accepted: a batch of documents can be large; each document's own limits
+/// are checked by validation.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+pub struct Gateway;
+
+/// A started gateway.
+pub struct RunningGateway {
+    pub grpc_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    shutdown: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    appender: Option<Appender>,
+}
+
+impl Gateway {
+    pub async fn start(config: &Config, shared: Shared) -> anyhow::Result<RunningGateway> {
+        let authenticator = if config.gateway.dev_tenant_header {
+            tracing::warn!(
+                "DEVELOPMENT MODE: no authentication; the tenant is taken from the {TENANT_HEADER} header. Never expose this gateway."
+            );
+            Authenticator::new(true)
+        } else {
+            anyhow::bail!("no client authentication configured: set gateway.dev_tenant_header = true (development only)");
+        };
+
+        ensure_topics(&config.kafka).await.context("creating Kafka topics")?;
+        let instance = &config.gateway.instance_id;
+        let transactional_id = format!("sluice-gateway-{instance}");
+        let producer = TransactionalProducer::new(&config.kafka, &transactional_id, appender::STEP_TIMEOUT)
+            .await
+            .context("initialising the transactional producer")?;
+        let (appender, appender_task) =
+            Appender::spawn(config.kafka.clone(), transactional_id, producer.clone(), config.gateway.max_records_per_transaction);
+
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(4096);
+        let completions = completions::spawn(
+            config.kafka.clone(),
+            format!("sluice-gateway-{instance}"),
+            shared.db.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        )?;
+
+        let schema = Arc::new(DocumentSchema::default_document());
+        let ingest = IngestApi {
+            auth: authenticator.clone(),
+            validator: Validator::new(schema, &config.gateway),
+            appender: appender.clone(),
+            db: shared.db.clone(),
+            hub,
+            max_batch_documents: config.gateway.max_batch_documents,
+        };
+        let search = SearchApi {
+            auth: authenticator,
+            embedder: shared.embedder.clone(),
+            store: shared.store.clone(),
+            max_top_k: config.gateway.max_top_k,
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let checker = HealthChecker { producer, db: shared.db.clone(), store: shared.store.clone(), embedder: shared.embedder.clone() };
+        let health_driver = tokio::spawn(checker.clone().drive_grpc(health_reporter, shutdown.clone()));
+
+        // Reflection in both versions: grpcurl 1.8 speaks v1alpha, newer clients v1.
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_core::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_core::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let grpc_listener = TcpListener::bind(config.gateway.listen).await.with_context(|| format!("binding {}", config.gateway.listen))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let health_listener =
+            TcpListener::bind(config.gateway.health_listen).await.with_context(|| format!("binding {}", config.gateway.health_listen))?;
+        let health_addr = health_listener.local_addr()?;
+
+        let grpc = tonic::transport::Server::builder()
+            .add_service(IngestServiceServer::new(ingest).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(SearchServiceServer::new(search))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+        let grpc = tokio::spawn(async move {
+            if let Err(error) = grpc.await {
+                tracing::error!(%error, "gRPC server failed");
+            }
+        });
+        let http_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            let server = axum::serve(health_listener, checker.router()).with_graceful_shutdown(http_shutdown.cancelled_owned());
+            if let Err(error) = server.await {
+                tracing::error!(%error, "health server failed");
+            }
+        });
+        tracing::info!(%grpc_addr, %health_addr, "gateway serving");
+        Ok(RunningGateway {
+            grpc_addr,
+            health_addr,
+            shutdown,
+            servers: vec![grpc, http],
+            background: vec![completions, health_driver, appender_task],
+            appender: Some(appender),
+        })
+    }
+}
+
+impl RunningGateway {
+    /// Stops taking calls, finishes those in flight, then stops the background tasks.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        for server in self.servers.drain(..) {
+            let _ = server.await;
+        }
+        // The services (and their appender handles) are gone with the servers; dropping the
+        // last handle lets the appender finish and stop.
+        self.appender.take();
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        tracing::info!("gateway stopped");
+    }
+
+    /// A token that, when cancelled, starts the same shutdown (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}

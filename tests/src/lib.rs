@@ -1,0 +1,249 @@
+//! The test harness: real parts, started for one test and stopped when it ends.
+//!
+//! # Layout
+//! - [`Broker`]: a nisshi Kafka broker process on a free loopback port (in-memory storage, or
+//!   SQLite on disk for restart tests).
+//! - [`Database`]: SQLite in a temporary directory, or a fresh PostgreSQL database.
+//! - [`Stack`]: broker + database + Sluice standalone (gateway and worker in this process, the
+//!   real model, the embedded vector store), with gRPC clients that act for a tenant.
+//! - Tool paths ([`grpcurl`]) and small helpers to build documents and wait for events.
+//!
+//! Everything it needs is installed by `deploy/dev/install` (the test command runs it first);
+//! a missing piece fails the test with the command that installs it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sluice_core::config::Config;
+use sluice_core::proto::ingest_service_client::IngestServiceClient;
+use sluice_core::proto::search_service_client::SearchServiceClient;
+use sluice_core::proto::{document::Payload, Document, Ingestion, IngestionState};
+use sluice_gateway::standalone::Standalone;
+use tonic::transport::Channel;
+
+/// Where `deploy/dev/install` caches things.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/sluice"))
+}
+
+fn installed(path: PathBuf, what: &str) -> PathBuf {
+    assert!(path.exists(), "{what} not found at {}: run deploy/dev/install", path.display());
+    path
+}
+
+pub fn nisshi() -> PathBuf {
+    installed(cache_dir().join("nisshi/bin/nisshi"), "the nisshi broker")
+}
+
+pub fn grpcurl() -> PathBuf {
+    installed(cache_dir().join("bin/grpcurl"), "grpcurl")
+}
+
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SLUICE_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("model"));
+    installed(dir, "the all-MiniLM-L6-v2 model")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A nisshi broker process, killed when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    storage: String,
+    workdir: PathBuf,
+}
+
+impl Broker {
+    /// A broker keeping everything in memory.
+    pub async fn start() -> Broker {
+        Self::start_with(format!("memory://sluice-{}/", uuid::Uuid::new_v4().simple()), std::env::temp_dir(), free_port()).await
+    }
+
+    /// A broker persisting to SQLite under `dir`, so it can be restarted with its data.
+    pub async fn start_persistent(dir: &Path) -> Broker {
+        // nisshi resolves sqlite paths against its working directory.
+        Self::start_with("sqlite://broker.db".into(), dir.to_owned(), free_port()).await
+    }
+
+    async fn start_with(storage: String, workdir: PathBuf, port: u16) -> Broker {
+        let mut broker = Broker { child: None, port, storage, workdir };
+        broker.spawn().await;
+        broker
+    }
+
+    async fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(nisshi())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage, "--group-initial-rebalance-delay", "100ms"])
+            .current_dir(&self.workdir)
+            .env("RUST_LOG", std::env::var("NISSHI_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nisshi");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nisshi did not listen on {} within 30 s", self.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same broker again, on the same port and storage.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which database a stack uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Sqlite,
+    Postgres,
+}
+
+impl Database {
+    async fn url(self, data_dir: &Path) -> String {
+        match self {
+            Database::Sqlite => format!("sqlite://{}?mode=rwc", data_dir.join("sluice.db").display()),
+            Database::Postgres => sluice_core::db::testing::fresh_postgres_database().await,
+        }
+    }
+}
+
+/// The configuration a test stack runs with: loopback ports, a temporary data dir.
+pub async fn test_config(broker: &Broker, data_dir: &Path, database: Database) -> Config {
+    let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
+    config.kafka.bootstrap_servers = broker.bootstrap();
+    config.gateway.listen = "127.0.0.1:0".parse().unwrap();
+    config.gateway.health_listen = "127.0.0.1:0".parse().unwrap();
+    config.gateway.dev_tenant_header = true;
+    config.gateway.instance_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+    config.worker.instance_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+    config.worker.retry_initial_ms = 20;
+    config.database.url = Some(database.url(data_dir).await);
+    config.model.dir = model_dir();
+    config
+}
+
+/// Broker + Sluice standalone, for one test.
+pub struct Stack {
+    pub standalone: Option<Standalone>,
+    pub config: Config,
+    pub broker: Broker,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(database: Database) -> Stack {
+        sluice_core::telemetry::init(&sluice_core::config::LogConfig {
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            ..Default::default()
+        });
+        let broker = Broker::start().await;
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config(&broker, data_dir.path(), database).await;
+        let standalone = Standalone::start(&config).await.expect("start sluice standalone");
+        Stack { standalone: Some(standalone), config, broker, data_dir }
+    }
+
+    pub fn standalone(&self) -> &Standalone {
+        self.standalone.as_ref().expect("running")
+    }
+
+    pub fn standalone_mut(&mut self) -> &mut Standalone {
+        self.standalone.as_mut().expect("running")
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.standalone().gateway.grpc_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc_url()).unwrap().connect().await.expect("connect to the gateway")
+    }
+
+    pub async fn ingest_client(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::new(self.channel().await)
+    }
+
+    pub async fn search_client(&self) -> SearchServiceClient<Channel> {
+        SearchServiceClient::new(self.channel().await)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(standalone) = self.standalone.take() {
+            standalone.shutdown().await;
+        }
+    }
+}
+
+/// A request acting for `tenant` (development-mode header).
+pub fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(sluice_gateway::auth::TENANT_HEADER, tenant.parse().expect("ascii tenant"));
+    request
+}
+
+/// A document in the default schema, as Avro JSON.
+pub fn document(id: &str, title: &str, text: &str) -> Document {
+    let json = serde_json::json!({ "title": title, "text": text, "source": "tests" });
+    Document { document_id: id.into(), payload: Some(Payload::AvroJson(json.to_string())), attributes: Default::default() }
+}
+
+pub fn state(ingestion: &Ingestion) -> IngestionState {
+    IngestionState::try_from(ingestion.state).unwrap_or(IngestionState::Unspecified)
+}
+
+/// The google.rpc.BadRequest field paths of an INVALID_ARGUMENT status.
+pub fn bad_request_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

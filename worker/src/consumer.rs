@@ -1,0 +1,230 @@
+//! The Kafka side of the worker: consume, process, and commit completions with offsets.
+//!
+//! Each batch of records ends in one Kafka transaction holding their completion events (and
+//! dead letters) together with the consumed offsets, so a record's completion is committed
+//! exactly when its offset is. A failed transaction aborts both; the worker then rebuilds its
+//! consumer and producer and resumes from the last committed offsets, processing those records
+//! again, which is harmless because indexing is idempotent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_core::config::{KafkaConfig, WorkerConfig};
+use sluice_core::kafka::{read_committed_consumer, OutgoingRecord, TransactionalProducer};
+use sluice_core::record::{now_ms, Completion, DocumentRecord, Outcome, Position};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::indexer::{Indexer, ProcessError, Processed};
+
+/// Records committed together in one transaction, at most.
+const MAX_BATCH: usize = 16;
+/// How long to wait for more records to join a batch once one has arrived.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+/// Bound on each transaction step; a dead broker is noticed within it.
+const TRANSACTION_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers added to a dead letter, next to the original record's own.
+pub mod dead_letter_header {
+    pub const ORIGIN_TOPIC: &str = "sluice-dlq-origin-topic";
+    pub const ORIGIN_PARTITION: &str = "sluice-dlq-origin-partition";
+    pub const ORIGIN_OFFSET: &str = "sluice-dlq-origin-offset";
+    pub const ERROR_CLASS: &str = "sluice-dlq-error-class";
+    pub const ERROR: &str = "sluice-dlq-error";
+    pub const ATTEMPTS: &str = "sluice-dlq-attempts";
+}
+
+/// A consumer group member.
+pub struct Worker {
+    kafka: KafkaConfig,
+    settings: WorkerConfig,
+    indexer: Indexer,
+}
+
+/// A running worker; [`WorkerHandle::shutdown`] stops it after its current batch.
+pub struct WorkerHandle {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Finishes (or aborts) the batch in flight, leaves the group, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Stops the worker without letting it finish anything, like a crash would (tests).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+impl Worker {
+    pub fn new(kafka: KafkaConfig, settings: WorkerConfig, indexer: Indexer) -> Self {
+        Self { kafka, settings, indexer }
+    }
+
+    pub fn spawn(self) -> WorkerHandle {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.run(shutdown.clone()));
+        WorkerHandle { shutdown, task }
+    }
+
+    /// Runs sessions until shut down; a session that fails is rebuilt after a pause.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut pause = Duration::from_millis(500);
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, ?pause, "worker session ended; resuming from committed offsets");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::info!("worker stopped");
+    }
+
+    /// One consumer and one producer, until shutdown (Ok) or a failed transaction (Err).
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let consumer: StreamConsumer = read_committed_consumer(&self.kafka, &self.settings.group_id, &[], DefaultConsumerContext)?;
+        consumer.subscribe(&[self.kafka.documents_topic.as_str()])?;
+        let transactional_id = format!("sluice-worker-{}", self.settings.instance_id);
+        let producer = TransactionalProducer::new(&self.kafka, &transactional_id, TRANSACTION_STEP_TIMEOUT).await?;
+        tracing::info!(group = %self.settings.group_id, %transactional_id, "worker consuming {}", self.kafka.documents_topic);
+
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                message = consumer.recv() => match message {
+                    Ok(message) => message.detach(),
+                    Err(error) => {
+                        // Broker hiccups surface here; librdkafka reconnects by itself.
+                        tracing::warn!(%error, "consume error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
+                    Ok(Ok(message)) => batch.push(message.detach()),
+                    _ => break,
+                }
+            }
+
+            let mut outgoing = Vec::with_capacity(batch.len());
+            let mut next_offsets = BTreeMap::new();
+            for message in &batch {
+                outgoing.extend(self.handle(message).await);
+                next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+            }
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, partition), offset) in next_offsets {
+                offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+            }
+            let group = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata"))?;
+            producer.commit(&outgoing, Some((offsets, group))).await?;
+            tracing::debug!(records = batch.len(), "batch committed");
+        }
+    }
+
+    /// Processes one record into what the transaction must carry: its completion, and a
+    /// dead letter when it could not be processed.
+    async fn handle(&self, message: &OwnedMessage) -> Vec<OutgoingRecord> {
+        let origin = Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+        let record = match DocumentRecord::from_message(message) {
+            Ok(record) => record,
+            Err(error) => {
+                // Without its headers there is no ingestion to complete; keep the record.
+                tracing::error!(%error, ?origin, "malformed record sent to dead letters");
+                return vec![self.dead_letter(message, &origin, "malformed", &error.to_string(), 1)];
+            }
+        };
+        let mut attempts = 0;
+        let result = (|| {
+            attempts += 1;
+            self.indexer.process(&record)
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(self.settings.retry_initial_ms))
+                .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
+                .with_jitter(),
+        )
+        .when(ProcessError::is_transient)
+        .notify(|error, delay| tracing::warn!(ingestion_id = %record.ingestion_id, %error, ?delay, "retrying"))
+        .await;
+
+        let mut outgoing = Vec::with_capacity(2);
+        let processed = match result {
+            Ok(processed) => processed,
+            Err(error) => {
+                tracing::warn!(ingestion_id = %record.ingestion_id, %error, attempts, "ingestion failed");
+                if error.is_transient() {
+                    outgoing.push(self.dead_letter(message, &origin, error.class(), &error.to_string(), attempts));
+                }
+                let reason = match &error {
+                    ProcessError::Transient(reason) => format!("gave up after {attempts} attempts: {reason}"),
+                    ProcessError::Rejected(reason) => reason.clone(),
+                };
+                Processed { outcome: Outcome::Failed, chunk_count: 0, failure_reason: Some(reason) }
+            }
+        };
+        let completion = Completion {
+            tenant: record.tenant.to_string(),
+            ingestion_id: record.ingestion_id.clone(),
+            document_id: record.document_id.clone(),
+            operation: record.operation,
+            outcome: processed.outcome,
+            chunk_count: processed.chunk_count,
+            failure_reason: processed.failure_reason,
+            source: origin,
+            accepted_at_ms: record.accepted_at_ms,
+            completed_at_ms: now_ms(),
+        };
+        outgoing.push(OutgoingRecord {
+            topic: self.kafka.completions_topic.clone(),
+            key: record.key(),
+            payload: completion.to_json(),
+            headers: OwnedHeaders::new(),
+        });
+        outgoing
+    }
+
+    fn dead_letter(&self, message: &OwnedMessage, origin: &Position, class: &str, error: &str, attempts: u32) -> OutgoingRecord {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        let (partition, offset, attempts) = (origin.partition.to_string(), origin.offset.to_string(), attempts.to_string());
+        for (key, value) in [
+            (dead_letter_header::ORIGIN_TOPIC, origin.topic.as_str()),
+            (dead_letter_header::ORIGIN_PARTITION, &partition),
+            (dead_letter_header::ORIGIN_OFFSET, &offset),
+            (dead_letter_header::ERROR_CLASS, class),
+            (dead_letter_header::ERROR, error),
+            (dead_letter_header::ATTEMPTS, &attempts),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        OutgoingRecord {
+            topic: self.kafka.dead_letter_topic.clone(),
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! One document record through the pipeline: decode → chunk → embed → index.
+
+use std::sync::Arc;
+
+use sluice_core::chunk::Chunker;
+use sluice_core::embed::Embedder;
+use sluice_core::record::{DocumentRecord, Operation, Outcome};
+use sluice_core::schema::DocumentSchema;
+use sluice_core::vector::{Chunk, IndexedDocument, VectorStore};
+
+/// What became of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Processed {
+    pub outcome: Outcome,
+    pub chunk_count: u32,
+    pub failure_reason: Option<String>,
+}
+
+/// Why a record could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The record itself is bad (undecodable payload, no text, unknown schema): retrying
+    /// cannot help, so the ingestion fails with this reason.
+    #[error("{0}")]
+    Rejected(String),
+    /// The model or the vector store failed; retrying may help.
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl ProcessError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProcessError::Transient(_))
+    }
+
+    /// Short class for dead-letter headers and logs.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProcessError::Rejected(_) => "rejected",
+            ProcessError::Transient(_) => "transient",
+        }
+    }
+}
+
+/// The stages, wired together. Cheap to clone.
+#[derive(Clone)]
+pub struct Indexer {
+    schema: Arc<DocumentSchema>,
+    chunker: Arc<Chunker>,
+    embedder: Arc<Embedder>,
+    store: Arc<dyn VectorStore>,
+}
+
+impl Indexer {
+    pub fn new(schema: Arc<DocumentSchema>, chunker: Arc<Chunker>, embedder: Arc<Embedder>, store: Arc<dyn VectorStore>) -> Self {
+        Self { schema, chunker, embedder, store }
+    }
+
+    pub async fn process(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
+        match record.operation {
+            Operation::Upsert => self.upsert(record).await,
+            Operation::Delete => self.delete(record).await,
+        }
+    }
+
+    async fn upsert(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
+        let text = self.decode(record)?;
+        let pieces = self.chunk(text.0).await?;
+        let vectors = self.embed(&pieces).await?;
+        let chunks: Vec<Chunk> = pieces
+            .into_iter()
+            .zip(vectors)
+            .enumerate()
+            .map(|(index, (text, vector))| Chunk { index: index as u32, text, vector })
+            .collect();
+        let chunk_count = chunks.len() as u32;
+        // Request attributes first; the schema's declared attributes win on a clash because
+        // they are part of the validated document.
+        let mut attributes = record.attributes.clone();
+        attributes.extend(text.1);
+        self.store
+            .index_document(IndexedDocument {
+                tenant: record.tenant.to_string(),
+                document_id: record.document_id.clone(),
+                ingestion_id: record.ingestion_id.clone(),
+                attributes,
+                chunks,
+            })
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        Ok(Processed { outcome: Outcome::Indexed, chunk_count, failure_reason: None })
+    }
+
+    async fn delete(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
+        let removed = self
+            .store
+            .delete_document(record.tenant.as_str(), &record.document_id)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        Ok(Processed { outcome: Outcome::Deleted, chunk_count: removed as u32, failure_reason: None })
+    }
+
+    /// Stage 1: the Avro payload → its text and declared attributes.
+    fn decode(&self, record: &DocumentRecord) -> Result<(String, std::collections::BTreeMap<String, String>), ProcessError> {
+        if record.schema_fingerprint != self.schema.fingerprint() {
+            return Err(ProcessError::Rejected(format!("unknown schema {}", record.schema_fingerprint)));
+        }
+        let content = self.schema.decode_binary(&record.payload).map_err(|violations| {
+            ProcessError::Rejected(violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        })?;
+        Ok((content.text, content.attributes))
+    }
+
+    /// Stage 2: text → chunks of at most the configured number of model tokens.
+    async fn chunk(&self, text: String) -> Result<Vec<String>, ProcessError> {
+        let chunker = self.chunker.clone();
+        let chunks = tokio::task::spawn_blocking(move || chunker.split(&text))
+            .await
+            .map_err(|e| ProcessError::Transient(format!("chunking: {e}")))?;
+        if chunks.is_empty() {
+            return Err(ProcessError::Rejected("text: nothing to index".into()));
+        }
+        Ok(chunks)
+    }
+
+    /// Stage 3: chunks → embeddings (CPU-bound, so off the async threads).
+    async fn embed(&self, chunks: &[String]) -> Result<Vec<Vec<f32>>, ProcessError> {
+        let embedder = self.embedder.clone();
+        let chunks = chunks.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let texts: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            embedder.embed(&texts)
+        })
+        .await
+        .map_err(|e| ProcessError::Transient(format!("embedding: {e}")))?
+        .map_err(|e| ProcessError::Transient(format!("embedding: {e}")))
+    }
+}

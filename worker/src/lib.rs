@@ -1,0 +1,36 @@
+//! The Sluice worker: turns committed document records into searchable chunks.
+//!
+//! # Layout
+//! - [`indexer`]: the pipeline for one record, as named stages: decode → chunk → embed →
+//!   index (or delete). Knows nothing about Kafka.
+//! - [`consumer`]: the Kafka side: a read_committed consumer group member that runs each batch
+//!   of records through the indexer and commits their completion events together with the
+//!   consumed offsets in one transaction.
+//!
+//! A record is processed at least once, and processing it again changes nothing (point ids are
+//! deterministic), so with the transactional commit each ingestion gets exactly one committed
+//! completion.
+
+pub mod consumer;
+pub mod indexer;
+
+pub use consumer::{Worker, WorkerHandle};
+pub use indexer::Indexer;
+
+use std::sync::Arc;
+
+use sluice_core::chunk::{Chunker, ChunkerOptions};
+use sluice_core::config::Config;
+use sluice_core::embed::Embedder;
+use sluice_core::schema::DocumentSchema;
+use sluice_core::vector::VectorStore;
+
+/// The indexer as configured: the default document schema, the model's own tokenizer for
+/// chunk sizes, and the given model and store.
+pub fn indexer_for(config: &Config, embedder: Arc<Embedder>, store: Arc<dyn VectorStore>) -> anyhow::Result<Indexer> {
+    let chunker = Chunker::new(
+        embedder.tokenizer(),
+        ChunkerOptions { max_tokens: config.chunking.max_tokens, overlap_tokens: config.chunking.overlap_tokens },
+    )?;
+    Ok(Indexer::new(Arc::new(DocumentSchema::default_document()), Arc::new(chunker), embedder, store))
+}

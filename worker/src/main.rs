@@ -1,0 +1,66 @@
+//! `sluice-worker`: one member of the worker consumer group. Uses a Qdrant server; with the
+//! embedded store run `sluice-gateway --standalone` instead.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::{json, Map, Value};
+use sluice_core::config::{Config, VectorStoreKind};
+use sluice_worker::Worker;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Sluice indexing worker")]
+struct Args {
+    /// TOML configuration file (default: ./sluice.toml when present).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers [kafka.bootstrap_servers].
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Unique, stable name of this worker [worker.instance_id].
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Log as JSON lines [log.format = "json"].
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut overrides = Map::new();
+    if let Some(servers) = &args.bootstrap_servers {
+        overrides.insert("kafka".into(), json!({ "bootstrap_servers": servers }));
+    }
+    if let Some(id) = &args.instance_id {
+        overrides.insert("worker".into(), json!({ "instance_id": id }));
+    }
+    if args.log_json {
+        overrides.insert("log".into(), json!({ "format": "json" }));
+    }
+    let config = Config::load(args.config.as_deref(), Value::Object(overrides))?;
+    sluice_core::telemetry::init(&config.log);
+    if config.vector_store.kind == VectorStoreKind::Edge {
+        anyhow::bail!(
+            "the embedded vector store lives in the gateway's process: run `sluice-gateway --standalone`, or configure a Qdrant server (vector_store.kind = \"qdrant\")"
+        );
+    }
+    let model = config.model.clone();
+    let embedder = std::sync::Arc::new(sluice_core::embed::Embedder::load(
+        &model.dir,
+        sluice_core::embed::EmbedderOptions { max_batch: model.max_batch, ..Default::default() },
+    )?);
+    let store = sluice_core::vector::open(&config, embedder.dimension()).await?;
+    sluice_core::kafka::ensure_topics(&config.kafka).await?;
+    let indexer = sluice_worker::indexer_for(&config, embedder, store)?;
+    let worker = Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing the current batch");
+    worker.shutdown().await;
+    Ok(())
+}
