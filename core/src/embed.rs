@@ -635,42 +635,70 @@ struct AttentionJob<'a> {
     out: &'a mut [f32],
 }
 
+/// Register tile of the attention kernel: `TILE_ROWS` queries against `TILE_COLS` keys (or value
+/// columns) at a time, 8 AVX registers of accumulators. Tiles let one load feed several
+/// multiply-adds; multiply-adds into a row held in memory would stall on loads and stores.
+const TILE_ROWS: usize = 4;
+const TILE_COLS: usize = 16;
+
 simd_kernel! {
     /// softmax(q k^T / sqrt(d)) v for one head of one text, reading the projections out of the
     /// packed `(tokens, 3 * hidden)` qkv matrix and adding their biases on the way.
     fn attend_one(qkv: &[f32], bias: &[f32], hidden: usize, head_dim: usize, job: AttentionJob<'_>) {
         let AttentionJob { head, start, len, out } = job;
+        // Sizes rounded up to whole tiles; the padding is zeros and never reaches `out`.
+        let rows = len.next_multiple_of(TILE_ROWS);
+        let cols = len.next_multiple_of(TILE_COLS);
+        let dims = head_dim.next_multiple_of(TILE_COLS);
         let scale = 1.0 / (head_dim as f32).sqrt();
         // Where this head's query, key and value columns start in a row of `qkv`.
         let (q_at, k_at, v_at) = (head * head_dim, hidden + head * head_dim, 2 * hidden + head * head_dim);
 
-        // Queries (pre-scaled) and values as (len, head_dim); keys transposed to (head_dim, len)
-        // so that a query's scores come out of contiguous multiply-adds.
-        let mut queries = vec![0.0f32; len * head_dim];
-        let mut values = vec![0.0f32; len * head_dim];
-        let mut keys_t = vec![0.0f32; head_dim * len];
+        // Queries (pre-scaled) as (rows, head_dim); keys transposed to (head_dim, cols) so a tile
+        // of scores reads contiguous keys; values as (cols, dims).
+        let mut queries = vec![0.0f32; rows * head_dim];
+        let mut keys_t = vec![0.0f32; head_dim * cols];
+        let mut values = vec![0.0f32; cols * dims];
         for t in 0..len {
             let row = &qkv[(start + t) * 3 * hidden..(start + t + 1) * 3 * hidden];
-            for d in 0..head_dim {
-                queries[t * head_dim + d] = (row[q_at + d] + bias[q_at + d]) * scale;
-                keys_t[d * len + t] = row[k_at + d] + bias[k_at + d];
-                values[t * head_dim + d] = row[v_at + d] + bias[v_at + d];
+            let part = |at: usize| row[at..at + head_dim].iter().zip(&bias[at..at + head_dim]);
+            let query = &mut queries[t * head_dim..(t + 1) * head_dim];
+            for (q, (&x, &b)) in query.iter_mut().zip(part(q_at)) {
+                *q = (x + b) * scale;
+            }
+            let value = &mut values[t * dims..t * dims + head_dim];
+            for (v, (&x, &b)) in value.iter_mut().zip(part(v_at)) {
+                *v = x + b;
+            }
+            for (d, (&x, &b)) in part(k_at).enumerate() {
+                keys_t[d * cols + t] = x + b;
             }
         }
 
-        let mut scores = vec![0.0f32; len];
-        for (query, context) in queries.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)) {
-            scores.fill(0.0);
-            for (&q, keys) in query.iter().zip(keys_t.chunks_exact(len)) {
-                for (s, &k) in scores.iter_mut().zip(keys) {
-                    *s = q.mul_add(k, *s);
+        // Scores: (rows, cols) = queries · keys_t, tile by tile.
+        let mut scores = vec![0.0f32; rows * cols];
+        for i in (0..rows).step_by(TILE_ROWS) {
+            for j in (0..cols).step_by(TILE_COLS) {
+                let tile = product_tile(&queries[i * head_dim..], head_dim, &keys_t[j..], cols, head_dim);
+                for (r, tile_row) in tile.iter().enumerate() {
+                    scores[(i + r) * cols + j..][..TILE_COLS].copy_from_slice(tile_row);
                 }
             }
-            softmax_in_place(&mut scores);
-            context.fill(0.0);
-            for (&p, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
-                for (c, &v) in context.iter_mut().zip(value) {
-                    *c = p.mul_add(v, *c);
+        }
+        // Probabilities over the real keys; padding columns become 0 and so drop out below.
+        for row in scores.chunks_exact_mut(cols) {
+            let (real, padding) = row.split_at_mut(len);
+            softmax_in_place(real);
+            padding.fill(0.0);
+        }
+
+        // Context: (rows, dims) = probabilities · values, tile by tile; the real part goes to `out`.
+        for i in (0..rows).step_by(TILE_ROWS) {
+            for c in (0..dims).step_by(TILE_COLS) {
+                let tile = product_tile(&scores[i * cols..], cols, &values[c..], dims, len);
+                let width = TILE_COLS.min(head_dim - c);
+                for (r, tile_row) in tile.iter().enumerate().take(len.saturating_sub(i)) {
+                    out[(i + r) * head_dim + c..][..width].copy_from_slice(&tile_row[..width]);
                 }
             }
         }
@@ -709,10 +737,85 @@ simd_kernel! {
     }
 }
 
+type Tile = [[f32; TILE_COLS]; TILE_ROWS];
+
+/// One tile of a matrix product: `tile[r][c] = Σ_d a[r * a_stride + d] * b[d * b_stride + c]`
+/// for `d < depth`. Written with explicit AVX2 instructions where available, because the
+/// compiler does not keep a tile of accumulators in vector registers on its own.
+#[inline(always)]
+fn product_tile(a: &[f32], a_stride: usize, b: &[f32], b_stride: usize, depth: usize) -> Tile {
+    if depth == 0 {
+        return [[0.0; TILE_COLS]; TILE_ROWS];
+    }
+    // These bounds make every read below valid, including the unchecked ones in `avx2`.
+    assert!(a.len() >= (TILE_ROWS - 1) * a_stride + depth);
+    assert!(b.len() >= (depth - 1) * b_stride + TILE_COLS);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; the slices are long enough (asserted above).
+        return unsafe { avx2::product_tile(a, a_stride, b, b_stride, depth) };
+    }
+    let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+    for d in 0..depth {
+        let b_row = &b[d * b_stride..][..TILE_COLS];
+        for (r, tile_row) in tile.iter_mut().enumerate() {
+            let x = a[r * a_stride + d];
+            for (acc, &y) in tile_row.iter_mut().zip(b_row) {
+                *acc = x.mul_add(y, *acc);
+            }
+        }
+    }
+    tile
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Tile, TILE_COLS, TILE_ROWS};
+    use std::arch::x86_64::*;
+
+    /// [`super::product_tile`] in AVX2: the 4x16 tile lives in eight 8-lane registers; each step
+    /// of `d` loads one row of `b` (two registers) and broadcasts four values of `a`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the slices must be as long as
+    /// [`super::product_tile`] asserts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn product_tile(
+        a: &[f32],
+        a_stride: usize,
+        b: &[f32],
+        b_stride: usize,
+        depth: usize,
+    ) -> Tile {
+        const _: () = assert!(TILE_ROWS == 4 && TILE_COLS == 16);
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 2]; TILE_ROWS];
+        for d in 0..depth {
+            // SAFETY (all reads): within the bounds the caller asserted.
+            let b_row = unsafe { b.add(d * b_stride) };
+            let (b_lo, b_hi) = unsafe { (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8))) };
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_ps(unsafe { *a.add(r * a_stride + d) });
+                acc_row[0] = _mm256_fmadd_ps(x, b_lo, acc_row[0]);
+                acc_row[1] = _mm256_fmadd_ps(x, b_hi, acc_row[1]);
+            }
+        }
+        let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+        for (row, acc_row) in tile.iter_mut().zip(&acc) {
+            // SAFETY: each row has 16 floats.
+            unsafe {
+                _mm256_storeu_ps(row.as_mut_ptr(), acc_row[0]);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), acc_row[1]);
+            }
+        }
+        tile
+    }
+}
+
 /// Softmax over `x`, in place.
 #[inline(always)]
 fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = max(x);
     x.iter_mut().for_each(|v| *v = exp(*v - max));
     let inv = 1.0 / sum(x);
     x.iter_mut().for_each(|v| *v *= inv);
@@ -730,6 +833,20 @@ fn sum(x: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// Largest value, vectorised like [`sum`].
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    let rest = chunks.remainder().iter().copied();
+    lanes.into_iter().chain(rest).fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Sum of squares, vectorised like [`sum`].
@@ -766,8 +883,11 @@ fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.5);
     p = p.mul_add(r, 1.0);
     p = p.mul_add(r, 1.0);
-    // 2^n built directly from its exponent bits (n is within the normal range after clamping).
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n, built from its exponent bits: adding 2^23 puts the integer n + 127 (1..=254 after
+    // clamping) in the low mantissa bits, and the shift moves it into the exponent. (`n as i32`
+    // would do, but its saturating conversion does not vectorise.)
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits();
+    p * f32::from_bits(biased << 23)
 }
 
 /// The error function to within 1.5e-7 (Abramowitz and Stegun 7.1.26), branch-free like [`exp`].

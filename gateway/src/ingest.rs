@@ -16,6 +16,7 @@ use sluice_core::tenant::TenantId;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
 use crate::appender::Appender;
@@ -37,6 +38,9 @@ pub struct IngestApi {
     pub db: DatabaseConnection,
     pub hub: Hub,
     pub max_batch_documents: usize,
+    /// Cancelled when the gateway shuts down: open watch streams and waiting calls end then,
+    /// so graceful shutdown is not held up by streams that would never finish.
+    pub shutdown: CancellationToken,
 }
 
 impl IngestApi {
@@ -115,6 +119,11 @@ impl IngestApi {
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err(Status::unavailable("gateway is shutting down")),
                 },
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable(format!(
+                        "gateway is shutting down; ingestion {id} is accepted (durably in Kafka), follow it on another instance"
+                    )));
+                }
                 _ = tokio::time::sleep_until(until) => {
                     if let Some(done) = self.ended(tenant, &id).await? {
                         return Ok(done);
@@ -250,6 +259,7 @@ impl IngestService for IngestApi {
         }
         let (sender, receiver) = mpsc::channel(256);
         let watch_all = ids.is_empty();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             for event in snapshot {
                 if sender.send(Ok(event)).await.is_err() {
@@ -259,6 +269,10 @@ impl IngestService for IngestApi {
             while watch_all || !pending.is_empty() {
                 let event = tokio::select! {
                     _ = sender.closed() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = sender.send(Err(Status::unavailable("gateway is shutting down; watch again"))).await;
+                        return;
+                    }
                     event = events.recv() => event,
                 };
                 match event {

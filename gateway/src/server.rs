@@ -111,6 +111,7 @@ impl Gateway {
             db: shared.db.clone(),
             hub,
             max_batch_documents: config.gateway.max_batch_documents,
+            shutdown: shutdown.clone(),
         };
         let search = SearchApi {
             auth: authenticator,

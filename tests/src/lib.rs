@@ -232,6 +232,40 @@ pub fn bad_request_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Every committed record of `topic`, read from the beginning (bounded: stops once nothing new
+/// arrives for two seconds, or after 20 s).
+pub async fn read_topic(kafka: &sluice_core::config::KafkaConfig, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let config = sluice_core::kafka::client_config(
+        kafka,
+        &[
+            ("group.id", &format!("reader-{}", uuid::Uuid::new_v4().simple())),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            ("enable.auto.commit", "false"),
+        ],
+    );
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let mut records = Vec::new();
+        let started = std::time::Instant::now();
+        let mut last = std::time::Instant::now();
+        while last.elapsed() < Duration::from_secs(2) && started.elapsed() < Duration::from_secs(20) {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                records.push(message.detach());
+                last = std::time::Instant::now();
+            }
+        }
+        records.sort_by_key(|m| (m.partition(), m.offset()));
+        records
+    })
+    .await
+    .expect("reader task")
+}
+
 /// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

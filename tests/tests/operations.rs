@@ -150,6 +150,8 @@ async fn a_restarted_worker_resumes_from_committed_offsets() {
     // No stray terminal events arrive late.
     let late = tokio::time::timeout(Duration::from_secs(2), watch.next()).await;
     assert!(late.is_err(), "unexpected event {late:?}");
+    // The store must close before the stack deletes its directory.
+    drop(store);
     stack.shutdown().await;
 }
 
@@ -283,29 +285,16 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
 
 /// Headers of every committed record in the dead-letter topic.
 async fn dead_letters(config: &sluice_core::config::Config) -> Vec<HashMap<String, String>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
     use rdkafka::Message;
-    let client = sluice_core::kafka::client_config(
-        &config.kafka,
-        &[("group.id", "dlq-reader"), ("auto.offset.reset", "earliest"), ("isolation.level", "read_committed"), ("enable.auto.commit", "false")],
-    );
-    let topic = config.kafka.dead_letter_topic.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client.create().unwrap();
-        consumer.subscribe(&[&topic]).unwrap();
-        let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(6);
-        while std::time::Instant::now() < deadline {
-            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
-                let headers = message.headers().map(|h| {
-                    h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
-                });
-                out.push(headers.unwrap_or_default());
-            }
-        }
-        out
-    })
-    .await
-    .unwrap()
+    sluice_tests::read_topic(&config.kafka, &config.kafka.dead_letter_topic)
+        .await
+        .iter()
+        .map(|message| {
+            message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .unwrap_or_default()
+        })
+        .collect()
 }

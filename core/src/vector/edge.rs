@@ -5,7 +5,7 @@
 //! - [`EdgeShard::load`] does not replay the WAL: a write survives a crash only once the segments
 //!   themselves are flushed. So every write ends with [`EdgeShard::flush`] before it returns.
 //! - `flush` panics (it `try_lock`s the WAL) when a write runs beside it, so writes and flushes
-//!   take [`Inner::write_lock`]; reads run concurrently with everything.
+//!   take `Inner::write_lock`; reads run concurrently with everything.
 //! - The WAL directory is locked (`flock`) while the shard is open: a second `open` of the same
 //!   directory, in this process or another, fails instead of corrupting it.
 //!
@@ -853,6 +853,30 @@ mod tests {
         assert_eq!(reopened.count_document("t", "gone").await.unwrap(), 0);
         let hits = reopened.search(query("t", v, 10)).await.unwrap();
         assert_eq!(sorted_texts(&hits), ["c0", "c1", "c2"]);
+    }
+
+    /// Without the store's write lock the engine's `flush` panics when writes overlap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_and_reads_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        let v = [1.0, 0.0, 1.0, 0.0];
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let id = format!("d{i}");
+                    store
+                        .index_document(document("t", &id, &[("a", v), ("b", v)]))
+                        .await?;
+                    store.search(query("t", v, 5)).await?;
+                    store.count_document("t", &id).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), 2);
+        }
     }
 
     #[tokio::test]
