@@ -178,7 +178,10 @@ mod tests {
                 .max()
                 .unwrap_or_else(|| panic!("no overlap between\n{:?}\nand\n{:?}", pair[0], pair[1]));
             let tokens = count(&tokenizer, &pair[1][..shared]);
-            assert!(tokens <= options.overlap_tokens, "overlap of {tokens} tokens");
+            assert!(
+                tokens <= options.overlap_tokens,
+                "overlap of {tokens} tokens"
+            );
             assert!(count(&tokenizer, &pair[0]) <= options.max_tokens);
         }
     }

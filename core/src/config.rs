@@ -150,7 +150,7 @@ impl Default for WorkerConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// sea-orm URL, e.g. `postgres://user@127.0.0.1/sluice`. Default: SQLite at
@@ -158,11 +158,6 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
 }
 
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self { url: None }
-    }
-}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -209,8 +204,13 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        Self { dir: home.join(".cache/sluice/model"), max_batch: 16 }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Self {
+            dir: home.join(".cache/sluice/model"),
+            max_batch: 16,
+        }
     }
 }
 
@@ -225,7 +225,10 @@ pub struct ChunkingConfig {
 
 impl Default for ChunkingConfig {
     fn default() -> Self {
-        Self { max_tokens: 250, overlap_tokens: 32 }
+        Self {
+            max_tokens: 250,
+            overlap_tokens: 32,
+        }
     }
 }
 
@@ -247,7 +250,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, filter: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
     }
 }
 
@@ -282,12 +288,16 @@ impl Config {
     /// The database URL, defaulting to SQLite in the data dir (created when missing).
     pub fn database_url(&self) -> String {
         self.database.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("sluice.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("sluice.db").display()
+            )
         })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's own signature
 mod tests {
     use super::*;
 

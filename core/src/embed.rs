@@ -403,7 +403,8 @@ impl Bert {
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
-                let qkv_names = ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}"));
+                let qkv_names =
+                    ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}"));
                 Ok(BertLayer {
                     qkv: w.dense(&qkv_names, hidden, hidden)?,
                     attention_output: w.dense(
@@ -462,18 +463,29 @@ impl Bert {
             for position in 0..len {
                 let t = start + position;
                 let word = table_row(&self.word_embeddings, width, tokens.ids[t] as usize)?;
-                let kind = table_row(&self.token_type_embeddings, width, tokens.type_ids[t] as usize)?;
+                let kind = table_row(
+                    &self.token_type_embeddings,
+                    width,
+                    tokens.type_ids[t] as usize,
+                )?;
                 let row = &mut words[t * width..(t + 1) * width];
                 for ((o, &w), &k) in row.iter_mut().zip(word).zip(kind) {
                     *o = w + k;
                 }
-                positions[t * width..(t + 1) * width]
-                    .copy_from_slice(table_row(&self.position_embeddings, width, position)?);
+                positions[t * width..(t + 1) * width].copy_from_slice(table_row(
+                    &self.position_embeddings,
+                    width,
+                    position,
+                )?);
             }
         }
         let no_bias = vec![0.0f32; width];
         let normed = self.add_and_norm(&words, &no_bias, &positions, &self.embeddings_norm);
-        Ok(Tensor::from_vec(normed, (tokens.total(), width), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            normed,
+            (tokens.total(), width),
+            &Device::Cpu,
+        )?)
     }
 
     fn run_layer(
@@ -496,7 +508,9 @@ impl Bert {
         let attended = Tensor::from_vec(attended, (rows, self.hidden), &Device::Cpu)?;
 
         let intermediate = attended.matmul(&layer.intermediate.weight_t)?;
-        let activated = with_slice(&intermediate, |x| self.bias_gelu(x, &layer.intermediate.bias))?;
+        let activated = with_slice(&intermediate, |x| {
+            self.bias_gelu(x, &layer.intermediate.bias)
+        })?;
         let width = layer.intermediate.bias.len();
         let activated = Tensor::from_vec(activated, (rows, width), &Device::Cpu)?;
 
@@ -543,14 +557,22 @@ impl Bert {
         });
 
         // (heads, tokens, head_dim) -> (tokens, heads * head_dim), the layout BERT expects.
-        Ok(Tensor::from_vec(by_head, (heads, total, head_dim), &Device::Cpu)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((total, hidden))?)
+        Ok(
+            Tensor::from_vec(by_head, (heads, total, head_dim), &Device::Cpu)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((total, hidden))?,
+        )
     }
 
     /// `layer_norm(x + bias + residual)` row by row.
-    fn add_and_norm(&self, x: &[f32], bias: &[f32], residual: &[f32], norm: &LayerNorm) -> Vec<f32> {
+    fn add_and_norm(
+        &self,
+        x: &[f32],
+        bias: &[f32],
+        residual: &[f32],
+        norm: &LayerNorm,
+    ) -> Vec<f32> {
         let width = bias.len();
         let mut out = vec![0.0f32; x.len()];
         for_each_row_block(&mut out, width, self.threads, |first_row, block| {
@@ -846,7 +868,10 @@ fn max(x: &[f32]) -> f32 {
         }
     }
     let rest = chunks.remainder().iter().copied();
-    lanes.into_iter().chain(rest).fold(f32::NEG_INFINITY, f32::max)
+    lanes
+        .into_iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Sum of squares, vectorised like [`sum`].
@@ -949,7 +974,6 @@ fn for_each_row_block(
         .collect();
     for_each_parallel(blocks, threads, |(first_row, block)| work(first_row, block));
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1072,7 +1096,11 @@ mod tests {
     #[test]
     fn vectors_have_unit_length() {
         let vectors = embedder()
-            .embed(&["short", "", "a somewhat longer sentence about Kafka and Qdrant"])
+            .embed(&[
+                "short",
+                "",
+                "a somewhat longer sentence about Kafka and Qdrant",
+            ])
             .unwrap();
         for vector in vectors {
             let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -1114,7 +1142,11 @@ mod tests {
             assert!(exp_error < 3e-7, "exp({x}) off by {exp_error}");
         }
         // Reference erf values (from mpmath).
-        let known = [(0.5f32, 0.520_499_9f32), (1.0, 0.842_700_8), (-2.0, -0.995_322_3)];
+        let known = [
+            (0.5f32, 0.520_499_9f32),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+        ];
         for (x, expected) in known {
             assert!((erf(x) - expected).abs() < 3e-7, "erf({x})");
         }

@@ -22,8 +22,14 @@ pub struct Dependency {
 impl Dependency {
     pub fn from_result<T: std::fmt::Display, E: std::fmt::Display>(result: Result<T, E>) -> Self {
         match result {
-            Ok(detail) => Dependency { status: Status::Up, detail: detail.to_string() },
-            Err(error) => Dependency { status: Status::Down, detail: error.to_string() },
+            Ok(detail) => Dependency {
+                status: Status::Up,
+                detail: detail.to_string(),
+            },
+            Err(error) => Dependency {
+                status: Status::Down,
+                detail: error.to_string(),
+            },
         }
     }
 }
@@ -42,6 +48,9 @@ impl HealthReport {
         } else {
             Status::Down
         };
-        Self { status, dependencies }
+        Self {
+            status,
+            dependencies,
+        }
     }
 }

@@ -68,7 +68,11 @@ pub struct TransactionalProducer {
 impl TransactionalProducer {
     /// Creates the producer and initialises its transactions. `timeout` bounds every step
     /// (delivery, offsets, commit), so a caller learns of a dead broker within it.
-    pub async fn new(kafka: &KafkaConfig, transactional_id: &str, timeout: Duration) -> Result<Self, KafkaError> {
+    pub async fn new(
+        kafka: &KafkaConfig,
+        transactional_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
         let delivery = timeout.as_millis().to_string();
         let transaction = TRANSACTION_TIMEOUT.as_millis().to_string();
         let producer: FutureProducer = client_config(
@@ -98,7 +102,9 @@ impl TransactionalProducer {
         offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
     ) -> Result<Vec<Position>, TransactionError> {
         let producer = self.producer.clone();
-        blocking(move || producer.begin_transaction()).await.map_err(|e| self.classify(e))?;
+        blocking(move || producer.begin_transaction())
+            .await
+            .map_err(|e| self.classify(e))?;
         match self.produce_and_commit(records, offsets).await {
             Ok(positions) => Ok(positions),
             Err(error) => Err(self.abort(error).await),
@@ -116,18 +122,30 @@ impl TransactionalProducer {
                 .key(&record.key)
                 .payload(&record.payload)
                 .headers(record.headers.clone());
-            deliveries.push(self.producer.send_result(future).map_err(|(error, _)| error)?);
+            deliveries.push(
+                self.producer
+                    .send_result(future)
+                    .map_err(|(error, _)| error)?,
+            );
         }
         let mut positions = Vec::with_capacity(records.len());
-        for (record, delivery) in records.iter().zip(futures::future::join_all(deliveries).await) {
+        for (record, delivery) in records
+            .iter()
+            .zip(futures::future::join_all(deliveries).await)
+        {
             let delivery = delivery
                 .map_err(|_| KafkaError::Canceled)?
                 .map_err(|(error, _)| error)?;
-            positions.push(Position { topic: record.topic.clone(), partition: delivery.partition, offset: delivery.offset });
+            positions.push(Position {
+                topic: record.topic.clone(),
+                partition: delivery.partition,
+                offset: delivery.offset,
+            });
         }
         if let Some((offsets, group)) = offsets {
             let (producer, timeout) = (self.producer.clone(), self.timeout);
-            blocking(move || producer.send_offsets_to_transaction(&offsets, &group, timeout)).await?;
+            blocking(move || producer.send_offsets_to_transaction(&offsets, &group, timeout))
+                .await?;
         }
         let (producer, timeout) = (self.producer.clone(), self.timeout);
         blocking(move || producer.commit_transaction(timeout)).await?;
@@ -141,13 +159,17 @@ impl TransactionalProducer {
         let (producer, timeout) = (self.producer.clone(), self.timeout);
         match blocking(move || producer.abort_transaction(timeout)).await {
             Ok(()) => TransactionError::Aborted(error.to_string()),
-            Err(abort) => TransactionError::Fatal(format!("{error}; then the abort failed: {abort}")),
+            Err(abort) => {
+                TransactionError::Fatal(format!("{error}; then the abort failed: {abort}"))
+            }
         }
     }
 
     fn classify(&self, error: KafkaError) -> TransactionError {
         match &error {
-            KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal(error.to_string()),
+            KafkaError::Transaction(e) if e.is_fatal() => {
+                TransactionError::Fatal(error.to_string())
+            }
             _ => TransactionError::Aborted(error.to_string()),
         }
     }
@@ -156,16 +178,26 @@ impl TransactionalProducer {
     pub async fn probe(&self) -> Result<String, KafkaError> {
         let producer = self.producer.clone();
         blocking(move || {
-            let metadata = producer.client().fetch_metadata(None, Duration::from_secs(3))?;
-            Ok(format!("{} broker(s), {} topic(s)", metadata.brokers().len(), metadata.topics().len()))
+            let metadata = producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))?;
+            Ok(format!(
+                "{} broker(s), {} topic(s)",
+                metadata.brokers().len(),
+                metadata.topics().len()
+            ))
         })
         .await
     }
 }
 
 /// librdkafka's transaction calls block; keep them off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static) -> Result<T, KafkaError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or(Err(KafkaError::Canceled))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
 }
 
 /// A consumer that sees only committed records and commits nothing by itself.
@@ -194,9 +226,21 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
     }
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[]).create()?;
     let topics = [
-        NewTopic::new(&kafka.documents_topic, kafka.documents_partitions, TopicReplication::Fixed(kafka.replication_factor)),
-        NewTopic::new(&kafka.completions_topic, kafka.completions_partitions, TopicReplication::Fixed(kafka.replication_factor)),
-        NewTopic::new(&kafka.dead_letter_topic, kafka.dead_letter_partitions, TopicReplication::Fixed(kafka.replication_factor)),
+        NewTopic::new(
+            &kafka.documents_topic,
+            kafka.documents_partitions,
+            TopicReplication::Fixed(kafka.replication_factor),
+        ),
+        NewTopic::new(
+            &kafka.completions_topic,
+            kafka.completions_partitions,
+            TopicReplication::Fixed(kafka.replication_factor),
+        ),
+        NewTopic::new(
+            &kafka.dead_letter_topic,
+            kafka.dead_letter_partitions,
+            TopicReplication::Fixed(kafka.replication_factor),
+        ),
     ];
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     for result in admin.create_topics(&topics, &options).await? {
@@ -204,7 +248,8 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
             Ok(topic) => tracing::info!(%topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(%topic, ?code, "cannot create topic"));
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| tracing::error!(%topic, ?code, "cannot create topic"));
             }
         }
     }

@@ -91,13 +91,18 @@ impl DocumentRecord {
         ]
         .into_iter()
         .fold(OwnedHeaders::new(), |headers, (key, value)| {
-            headers.insert(Header { key, value: Some(value) })
+            headers.insert(Header {
+                key,
+                value: Some(value),
+            })
         })
     }
 
     /// Reads a record back from a consumed message.
     pub fn from_message<M: Message>(message: &M) -> Result<Self, MalformedRecord> {
-        let headers = message.headers().ok_or_else(|| MalformedRecord("no headers".into()))?;
+        let headers = message
+            .headers()
+            .ok_or_else(|| MalformedRecord("no headers".into()))?;
         let get = |name: &str| -> Result<String, MalformedRecord> {
             headers
                 .iter()
@@ -106,7 +111,8 @@ impl DocumentRecord {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .ok_or_else(|| MalformedRecord(format!("header {name} missing")))
         };
-        let tenant = TenantId::parse(&get(header::TENANT)?).map_err(|e| MalformedRecord(e.to_string()))?;
+        let tenant =
+            TenantId::parse(&get(header::TENANT)?).map_err(|e| MalformedRecord(e.to_string()))?;
         let operation = get(header::OPERATION)?;
         let operation = Operation::parse(&operation)
             .ok_or_else(|| MalformedRecord(format!("unknown operation {operation:?}")))?;
@@ -192,11 +198,18 @@ mod tests {
             outcome: Outcome::Failed,
             chunk_count: 0,
             failure_reason: Some("boom".into()),
-            source: Position { topic: "x".into(), partition: 1, offset: 2 },
+            source: Position {
+                topic: "x".into(),
+                partition: 1,
+                offset: 2,
+            },
             accepted_at_ms: 1,
             completed_at_ms: 3,
         };
-        assert_eq!(Completion::from_json(&completion.to_json()).unwrap(), completion);
+        assert_eq!(
+            Completion::from_json(&completion.to_json()).unwrap(),
+            completion
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 
@@ -91,7 +94,11 @@ impl DocumentSchema {
             return Err(SchemaError::NoTextField("not a record".into()));
         };
         let role = |field: &apache_avro::schema::RecordField| {
-            field.custom_attributes.get(ROLE).and_then(Json::as_str).map(str::to_owned)
+            field
+                .custom_attributes
+                .get(ROLE)
+                .and_then(Json::as_str)
+                .map(str::to_owned)
         };
         let text_fields: Vec<_> = record
             .fields
@@ -100,19 +107,34 @@ impl DocumentSchema {
             .collect();
         let text_field = match text_fields.as_slice() {
             [field] if is_string_like(&field.schema) => field.name.clone(),
-            [field] => return Err(SchemaError::NoTextField(format!("{} is not a string", field.name))),
+            [field] => {
+                return Err(SchemaError::NoTextField(format!(
+                    "{} is not a string",
+                    field.name
+                )))
+            }
             [] => return Err(SchemaError::NoTextField("none marked".into())),
             _ => return Err(SchemaError::NoTextField("more than one marked".into())),
         };
         let mut attribute_fields = Vec::new();
-        for field in record.fields.iter().filter(|f| role(f).as_deref() == Some("attribute")) {
+        for field in record
+            .fields
+            .iter()
+            .filter(|f| role(f).as_deref() == Some("attribute"))
+        {
             if !is_string_like(&field.schema) {
                 return Err(SchemaError::BadAttributeField(field.name.clone()));
             }
             attribute_fields.push(field.name.clone());
         }
         let fingerprint = hex::encode(Sha256::digest(schema.canonical_form().as_bytes()));
-        Ok(Self { schema, names, text_field, attribute_fields, fingerprint })
+        Ok(Self {
+            schema,
+            names,
+            text_field,
+            attribute_fields,
+            fingerprint,
+        })
     }
 
     /// SHA-256 of the schema's Parsing Canonical Form, hex: names the schema in Kafka headers.
@@ -133,13 +155,17 @@ impl DocumentSchema {
         let json: Json = serde_json::from_str(json)
             .map_err(|e| vec![FieldViolation::new("", format!("not valid JSON: {e}"))])?;
         let mut violations = Vec::new();
-        let value = self.from_json(&self.schema, &json, "", &mut violations);
+        let value = self.decode_json(&self.schema, &json, "", &mut violations);
         if !violations.is_empty() {
             return Err(violations);
         }
         let value = value.expect("no violations means a value");
-        apache_avro::to_avro_datum(&self.schema, value)
-            .map_err(|e| vec![FieldViolation::new("", format!("does not match the schema: {e}"))])
+        apache_avro::to_avro_datum(&self.schema, value).map_err(|e| {
+            vec![FieldViolation::new(
+                "",
+                format!("does not match the schema: {e}"),
+            )]
+        })
     }
 
     /// Checks that `bytes` is exactly one Avro binary datum of this schema, and returns the
@@ -147,7 +173,10 @@ impl DocumentSchema {
     pub fn decode_binary(&self, bytes: &[u8]) -> Result<DocumentContent, Vec<FieldViolation>> {
         let mut reader = bytes;
         let value = apache_avro::from_avro_datum(&self.schema, &mut reader, None).map_err(|e| {
-            vec![FieldViolation::new("", format!("not Avro binary of the document schema: {e}"))]
+            vec![FieldViolation::new(
+                "",
+                format!("not Avro binary of the document schema: {e}"),
+            )]
         })?;
         if !reader.is_empty() {
             return Err(vec![FieldViolation::new(
@@ -176,12 +205,15 @@ impl DocumentSchema {
         }
         match text {
             Some(text) if !text.trim().is_empty() => Ok(DocumentContent { text, attributes }),
-            _ => Err(vec![FieldViolation::new(&self.text_field, "must not be empty")]),
+            _ => Err(vec![FieldViolation::new(
+                &self.text_field,
+                "must not be empty",
+            )]),
         }
     }
 
     /// Avro JSON → Avro value, guided by the schema; collects every violation with its path.
-    fn from_json(
+    fn decode_json(
         &self,
         schema: &Schema,
         json: &Json,
@@ -196,38 +228,75 @@ impl DocumentSchema {
             None
         };
         match schema {
-            Schema::Null => json.is_null().then_some(Value::Null).or_else(|| wrong(violations, "null")),
-            Schema::Boolean => json.as_bool().map(Value::Boolean).or_else(|| wrong(violations, "boolean")),
-            Schema::Int => int_of(json).map(Value::Int).or_else(|| wrong(violations, "int")),
-            Schema::Date => int_of(json).map(Value::Date).or_else(|| wrong(violations, "int (date)")),
-            Schema::TimeMillis => int_of(json).map(Value::TimeMillis).or_else(|| wrong(violations, "int")),
-            Schema::Long => json.as_i64().map(Value::Long).or_else(|| wrong(violations, "long")),
-            Schema::TimeMicros => json.as_i64().map(Value::TimeMicros).or_else(|| wrong(violations, "long")),
-            Schema::TimestampMillis => {
-                json.as_i64().map(Value::TimestampMillis).or_else(|| wrong(violations, "long (timestamp-millis)"))
-            }
-            Schema::TimestampMicros => {
-                json.as_i64().map(Value::TimestampMicros).or_else(|| wrong(violations, "long (timestamp-micros)"))
-            }
-            Schema::TimestampNanos => json.as_i64().map(Value::TimestampNanos).or_else(|| wrong(violations, "long")),
-            Schema::LocalTimestampMillis => {
-                json.as_i64().map(Value::LocalTimestampMillis).or_else(|| wrong(violations, "long"))
-            }
-            Schema::LocalTimestampMicros => {
-                json.as_i64().map(Value::LocalTimestampMicros).or_else(|| wrong(violations, "long"))
-            }
-            Schema::LocalTimestampNanos => {
-                json.as_i64().map(Value::LocalTimestampNanos).or_else(|| wrong(violations, "long"))
-            }
-            Schema::Float => json.as_f64().map(|f| Value::Float(f as f32)).or_else(|| wrong(violations, "float")),
-            Schema::Double => json.as_f64().map(Value::Double).or_else(|| wrong(violations, "double")),
-            Schema::String => json.as_str().map(|s| Value::String(s.into())).or_else(|| wrong(violations, "string")),
+            Schema::Null => json
+                .is_null()
+                .then_some(Value::Null)
+                .or_else(|| wrong(violations, "null")),
+            Schema::Boolean => json
+                .as_bool()
+                .map(Value::Boolean)
+                .or_else(|| wrong(violations, "boolean")),
+            Schema::Int => int_of(json)
+                .map(Value::Int)
+                .or_else(|| wrong(violations, "int")),
+            Schema::Date => int_of(json)
+                .map(Value::Date)
+                .or_else(|| wrong(violations, "int (date)")),
+            Schema::TimeMillis => int_of(json)
+                .map(Value::TimeMillis)
+                .or_else(|| wrong(violations, "int")),
+            Schema::Long => json
+                .as_i64()
+                .map(Value::Long)
+                .or_else(|| wrong(violations, "long")),
+            Schema::TimeMicros => json
+                .as_i64()
+                .map(Value::TimeMicros)
+                .or_else(|| wrong(violations, "long")),
+            Schema::TimestampMillis => json
+                .as_i64()
+                .map(Value::TimestampMillis)
+                .or_else(|| wrong(violations, "long (timestamp-millis)")),
+            Schema::TimestampMicros => json
+                .as_i64()
+                .map(Value::TimestampMicros)
+                .or_else(|| wrong(violations, "long (timestamp-micros)")),
+            Schema::TimestampNanos => json
+                .as_i64()
+                .map(Value::TimestampNanos)
+                .or_else(|| wrong(violations, "long")),
+            Schema::LocalTimestampMillis => json
+                .as_i64()
+                .map(Value::LocalTimestampMillis)
+                .or_else(|| wrong(violations, "long")),
+            Schema::LocalTimestampMicros => json
+                .as_i64()
+                .map(Value::LocalTimestampMicros)
+                .or_else(|| wrong(violations, "long")),
+            Schema::LocalTimestampNanos => json
+                .as_i64()
+                .map(Value::LocalTimestampNanos)
+                .or_else(|| wrong(violations, "long")),
+            Schema::Float => json
+                .as_f64()
+                .map(|f| Value::Float(f as f32))
+                .or_else(|| wrong(violations, "float")),
+            Schema::Double => json
+                .as_f64()
+                .map(Value::Double)
+                .or_else(|| wrong(violations, "double")),
+            Schema::String => json
+                .as_str()
+                .map(|s| Value::String(s.into()))
+                .or_else(|| wrong(violations, "string")),
             Schema::Uuid => match json.as_str().map(uuid::Uuid::parse_str) {
                 Some(Ok(uuid)) => Some(Value::Uuid(uuid)),
                 _ => wrong(violations, "a UUID string"),
             },
             // Avro's JSON encoding writes bytes as a string of code points 0–255.
-            Schema::Bytes => latin1_bytes(json).map(Value::Bytes).or_else(|| wrong(violations, "bytes (a string of code points 0-255)")),
+            Schema::Bytes => latin1_bytes(json)
+                .map(Value::Bytes)
+                .or_else(|| wrong(violations, "bytes (a string of code points 0-255)")),
             Schema::Fixed(fixed) => match latin1_bytes(json) {
                 Some(bytes) if bytes.len() == fixed.size => Some(Value::Fixed(fixed.size, bytes)),
                 _ => wrong(violations, &format!("fixed of {} bytes", fixed.size)),
@@ -246,20 +315,29 @@ impl DocumentSchema {
                 None => wrong(violations, "an enum symbol string"),
             },
             Schema::Array(array) => {
-                let Some(items) = json.as_array() else { return wrong(violations, "array") };
+                let Some(items) = json.as_array() else {
+                    return wrong(violations, "array");
+                };
                 let values: Vec<_> = items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| self.from_json(&array.items, item, &format!("{path}[{i}]"), violations))
+                    .map(|(i, item)| {
+                        self.decode_json(&array.items, item, &format!("{path}[{i}]"), violations)
+                    })
                     .collect();
-                values.into_iter().collect::<Option<Vec<_>>>().map(Value::Array)
+                values
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(Value::Array)
             }
             Schema::Map(map) => {
-                let Some(entries) = json.as_object() else { return wrong(violations, "map (object)") };
+                let Some(entries) = json.as_object() else {
+                    return wrong(violations, "map (object)");
+                };
                 let mut out = HashMap::new();
                 let mut ok = true;
                 for (key, item) in entries {
-                    match self.from_json(&map.types, item, &join(path, key), violations) {
+                    match self.decode_json(&map.types, item, &join(path, key), violations) {
                         Some(value) => {
                             out.insert(key.clone(), value);
                         }
@@ -274,32 +352,47 @@ impl DocumentSchema {
                 if json.is_null() {
                     return match variants.iter().position(|v| matches!(v, Schema::Null)) {
                         Some(i) => Some(Value::Union(i as u32, Box::new(Value::Null))),
-                        None => wrong(violations, &format!("one of {}", self.union_names(variants))),
+                        None => wrong(
+                            violations,
+                            &format!("one of {}", self.union_names(variants)),
+                        ),
                     };
                 }
                 // Avro's JSON encoding: {"<branch type name>": value}.
-                if let Some((branch, inner)) = json.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) {
+                if let Some((branch, inner)) = json
+                    .as_object()
+                    .filter(|o| o.len() == 1)
+                    .and_then(|o| o.iter().next())
+                {
                     if let Some(i) = variants.iter().position(|v| self.type_name(v) == *branch) {
-                        let inner = self.from_json(&variants[i], inner, path, violations)?;
+                        let inner = self.decode_json(&variants[i], inner, path, violations)?;
                         return Some(Value::Union(i as u32, Box::new(inner)));
                     }
                 }
                 // Leniency for people typing JSON by hand: a bare value that fits exactly one
                 // non-null branch is taken as that branch.
-                let mut fits = variants.iter().enumerate().filter(|(_, v)| !matches!(v, Schema::Null)).filter_map(|(i, v)| {
-                    let mut scratch = Vec::new();
-                    self.from_json(v, json, path, &mut scratch).map(|value| (i, value))
-                });
+                let mut fits = variants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Schema::Null))
+                    .filter_map(|(i, v)| {
+                        let mut scratch = Vec::new();
+                        self.decode_json(v, json, path, &mut scratch)
+                            .map(|value| (i, value))
+                    });
                 match (fits.next(), fits.next()) {
                     (Some((i, value)), None) => Some(Value::Union(i as u32, Box::new(value))),
-                    _ => wrong(violations, &format!(
-                        "one of {} (Avro JSON writes a union as {{\"<type>\": value}})",
-                        self.union_names(variants)
-                    )),
+                    _ => wrong(
+                        violations,
+                        &format!(
+                            "one of {} (Avro JSON writes a union as {{\"<type>\": value}})",
+                            self.union_names(variants)
+                        ),
+                    ),
                 }
             }
             Schema::Ref { name } => match self.names.get(name) {
-                Some(schema) => self.from_json(schema, json, path, violations),
+                Some(schema) => self.decode_json(schema, json, path, violations),
                 None => wrong(violations, &format!("a value of the unknown type {name}")),
             },
             Schema::Decimal(_) | Schema::BigDecimal | Schema::Duration => {
@@ -325,7 +418,10 @@ impl DocumentSchema {
         };
         for key in object.keys() {
             if !record.lookup.contains_key(key) {
-                violations.push(FieldViolation::new(join(path, key), "no such field in the schema"));
+                violations.push(FieldViolation::new(
+                    join(path, key),
+                    "no such field in the schema",
+                ));
             }
         }
         let mut fields = Vec::with_capacity(record.fields.len());
@@ -333,11 +429,16 @@ impl DocumentSchema {
         for field in &record.fields {
             let field_path = join(path, &field.name);
             let value = match (object.get(&field.name), &field.default) {
-                (Some(json), _) => self.from_json(&field.schema, json, &field_path, violations),
+                (Some(json), _) => self.decode_json(&field.schema, json, &field_path, violations),
                 // A default is written in the type of the union's first branch, unwrapped.
-                (None, Some(default)) => self.default_value(&field.schema, default, &field_path, violations),
+                (None, Some(default)) => {
+                    self.default_value(&field.schema, default, &field_path, violations)
+                }
                 (None, None) => {
-                    violations.push(FieldViolation::new(&field_path, "required field is missing"));
+                    violations.push(FieldViolation::new(
+                        &field_path,
+                        "required field is missing",
+                    ));
                     None
                 }
             };
@@ -359,10 +460,10 @@ impl DocumentSchema {
         match schema {
             Schema::Union(union) => {
                 let first = union.variants().first()?;
-                let value = self.from_json(first, default, path, violations)?;
+                let value = self.decode_json(first, default, path, violations)?;
                 Some(Value::Union(0, Box::new(value)))
             }
-            _ => self.from_json(schema, default, path, violations),
+            _ => self.decode_json(schema, default, path, violations),
         }
     }
 
@@ -388,7 +489,11 @@ impl DocumentSchema {
     }
 
     fn union_names(&self, variants: &[Schema]) -> String {
-        variants.iter().map(|v| self.type_name(v)).collect::<Vec<_>>().join(", ")
+        variants
+            .iter()
+            .map(|v| self.type_name(v))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -396,7 +501,11 @@ fn is_string_like(schema: &Schema) -> bool {
     match schema {
         Schema::String => true,
         Schema::Union(u) => {
-            let non_null: Vec<_> = u.variants().iter().filter(|v| !matches!(v, Schema::Null)).collect();
+            let non_null: Vec<_> = u
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .collect();
             matches!(non_null.as_slice(), [Schema::String])
         }
         _ => false,
@@ -416,7 +525,10 @@ fn int_of(json: &Json) -> Option<i32> {
 }
 
 fn latin1_bytes(json: &Json) -> Option<Vec<u8>> {
-    json.as_str()?.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+    json.as_str()?
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect()
 }
 
 fn join(path: &str, field: &str) -> String {
@@ -458,17 +570,24 @@ mod tests {
     fn avro_json_round_trips_to_binary() {
         let s = schema();
         let bytes = s
-            .encode_json(r#"{"title": {"string": "Rivers"}, "text": "Water flows.", "tags": ["a"]}"#)
+            .encode_json(
+                r#"{"title": {"string": "Rivers"}, "text": "Water flows.", "tags": ["a"]}"#,
+            )
             .unwrap();
         let content = s.decode_binary(&bytes).unwrap();
         assert_eq!(content.text, "Water flows.");
-        assert_eq!(content.attributes.get("title").map(String::as_str), Some("Rivers"));
+        assert_eq!(
+            content.attributes.get("title").map(String::as_str),
+            Some("Rivers")
+        );
         assert!(!content.attributes.contains_key("source"));
     }
 
     #[test]
     fn bare_values_fit_nullable_unions() {
-        let bytes = schema().encode_json(r#"{"title": "Rivers", "text": "x", "created_at": 5}"#).unwrap();
+        let bytes = schema()
+            .encode_json(r#"{"title": "Rivers", "text": "x", "created_at": 5}"#)
+            .unwrap();
         let content = schema().decode_binary(&bytes).unwrap();
         assert_eq!(content.attributes["title"], "Rivers");
     }
@@ -479,15 +598,29 @@ mod tests {
             .encode_json(r#"{"text": "x", "tags": ["a", "b", 3], "colour": "red", "title": 7}"#)
             .unwrap_err();
         let rendered: Vec<String> = err.iter().map(ToString::to_string).collect();
-        assert!(rendered.contains(&"tags[2]: expected string, found number".to_string()), "{rendered:?}");
-        assert!(rendered.contains(&"colour: no such field in the schema".to_string()), "{rendered:?}");
-        assert!(rendered.iter().any(|r| r.starts_with("title: expected one of null, string")), "{rendered:?}");
+        assert!(
+            rendered.contains(&"tags[2]: expected string, found number".to_string()),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(&"colour: no such field in the schema".to_string()),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.starts_with("title: expected one of null, string")),
+            "{rendered:?}"
+        );
     }
 
     #[test]
     fn missing_required_text_is_named() {
         let err = schema().encode_json(r#"{"title": null}"#).unwrap_err();
-        assert_eq!(err, vec![FieldViolation::new("text", "required field is missing")]);
+        assert_eq!(
+            err,
+            vec![FieldViolation::new("text", "required field is missing")]
+        );
     }
 
     #[test]
@@ -501,7 +634,9 @@ mod tests {
     fn binary_with_trailing_bytes_or_garbage_is_rejected() {
         let mut bytes = schema().encode_json(r#"{"text": "ok"}"#).unwrap();
         bytes.push(0);
-        assert!(schema().decode_binary(&bytes).unwrap_err()[0].description.contains("left over"));
+        assert!(schema().decode_binary(&bytes).unwrap_err()[0]
+            .description
+            .contains("left over"));
         assert!(schema().decode_binary(&[0xff, 0xff, 0xff]).is_err());
     }
 

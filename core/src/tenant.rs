@@ -15,7 +15,9 @@ pub struct InvalidTenantId(pub String);
 impl TenantId {
     pub fn parse(id: &str) -> Result<Self, InvalidTenantId> {
         let valid = (1..=64).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if valid {
             Ok(Self(id.to_owned()))
         } else {

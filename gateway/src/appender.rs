@@ -31,26 +31,47 @@ pub struct Appender {
 
 impl Appender {
     /// Starts the appender task with a ready producer.
-    pub fn spawn(kafka: KafkaConfig, transactional_id: String, producer: TransactionalProducer, max_records: usize) -> (Self, JoinHandle<()>) {
+    pub fn spawn(
+        kafka: KafkaConfig,
+        transactional_id: String,
+        producer: TransactionalProducer,
+        max_records: usize,
+    ) -> (Self, JoinHandle<()>) {
         let (requests, receiver) = mpsc::channel(1024);
         let topic = kafka.documents_topic.clone();
-        let task = tokio::spawn(run(kafka, transactional_id, Some(producer), receiver, max_records.max(1)));
+        let task = tokio::spawn(run(
+            kafka,
+            transactional_id,
+            Some(producer),
+            receiver,
+            max_records.max(1),
+        ));
         (Self { requests, topic }, task)
     }
 
     /// Writes `records` in one transaction (possibly shared with other requests) and returns
     /// where each landed.
-    pub async fn append(&self, records: &[DocumentRecord]) -> Result<Vec<Position>, TransactionError> {
+    pub async fn append(
+        &self,
+        records: &[DocumentRecord],
+    ) -> Result<Vec<Position>, TransactionError> {
         let records = records
             .iter()
-            .map(|r| OutgoingRecord { topic: self.topic.clone(), key: r.key(), payload: r.payload.clone(), headers: r.headers() })
+            .map(|r| OutgoingRecord {
+                topic: self.topic.clone(),
+                key: r.key(),
+                payload: r.payload.clone(),
+                headers: r.headers(),
+            })
             .collect();
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Append { records, reply })
             .await
             .map_err(|_| TransactionError::Fatal("gateway is shutting down".into()))?;
-        answer.await.map_err(|_| TransactionError::Fatal("gateway is shutting down".into()))?
+        answer
+            .await
+            .map_err(|_| TransactionError::Fatal("gateway is shutting down".into()))?
     }
 }
 
@@ -73,7 +94,13 @@ async fn run(
                     group.push(next);
                 }
                 Ok(next) => {
-                    commit_group(&kafka, &transactional_id, &mut producer, std::mem::take(&mut group)).await;
+                    commit_group(
+                        &kafka,
+                        &transactional_id,
+                        &mut producer,
+                        std::mem::take(&mut group),
+                    )
+                    .await;
                     group.push(next);
                     break;
                 }
@@ -86,7 +113,12 @@ async fn run(
 }
 
 /// Commits one group and answers each of its requests.
-async fn commit_group(kafka: &KafkaConfig, transactional_id: &str, producer: &mut Option<TransactionalProducer>, group: Vec<Append>) {
+async fn commit_group(
+    kafka: &KafkaConfig,
+    transactional_id: &str,
+    producer: &mut Option<TransactionalProducer>,
+    group: Vec<Append>,
+) {
     if group.is_empty() {
         return;
     }
@@ -97,14 +129,19 @@ async fn commit_group(kafka: &KafkaConfig, transactional_id: &str, producer: &mu
             Err(error) => {
                 tracing::warn!(%error, "Kafka producer unavailable");
                 for append in group {
-                    let _ = append.reply.send(Err(TransactionError::Fatal(error.to_string())));
+                    let _ = append
+                        .reply
+                        .send(Err(TransactionError::Fatal(error.to_string())));
                 }
                 return;
             }
         }
     }
     let active = producer.as_ref().expect("set above");
-    let records: Vec<OutgoingRecord> = group.iter().flat_map(|a| a.records.iter().cloned()).collect();
+    let records: Vec<OutgoingRecord> = group
+        .iter()
+        .flat_map(|a| a.records.iter().cloned())
+        .collect();
     let result = active.commit(&records, None).await;
     if let Err(error) = &result {
         tracing::warn!(%error, records = records.len(), "transaction not committed");

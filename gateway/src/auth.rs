@@ -23,12 +23,15 @@ impl Authenticator {
     /// The caller's tenant, or UNAUTHENTICATED saying what is missing.
     pub fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, Status> {
         if !self.dev_tenant_header {
-            return Err(Status::unauthenticated("no authentication is configured on this gateway"));
+            return Err(Status::unauthenticated(
+                "no authentication is configured on this gateway",
+            ));
         }
-        let value = request
-            .metadata()
-            .get(TENANT_HEADER)
-            .ok_or_else(|| Status::unauthenticated(format!("missing the {TENANT_HEADER} header (development mode)")))?;
+        let value = request.metadata().get(TENANT_HEADER).ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "missing the {TENANT_HEADER} header (development mode)"
+            ))
+        })?;
         let value = value
             .to_str()
             .map_err(|_| Status::unauthenticated(format!("{TENANT_HEADER} is not ASCII")))?;

@@ -21,13 +21,22 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::ingest::to_proto;
 
-pub fn spawn(kafka: KafkaConfig, group_id: String, db: DatabaseConnection, hub: Hub, shutdown: CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+pub fn spawn(
+    kafka: KafkaConfig,
+    group_id: String,
+    db: DatabaseConnection,
+    hub: Hub,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
     // Offsets are stored only after the database has the event, and committed periodically:
     // a restart replays at most the last few, which the projection ignores.
     let consumer: StreamConsumer = read_committed_consumer(
         &kafka,
         &group_id,
-        &[("enable.auto.commit", "true"), ("auto.commit.interval.ms", "1000")],
+        &[
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+        ],
         DefaultConsumerContext,
     )?;
     consumer.subscribe(&[kafka.completions_topic.as_str()])?;
@@ -47,7 +56,9 @@ pub fn spawn(kafka: KafkaConfig, group_id: String, db: DatabaseConnection, hub: 
             };
             match Completion::from_json(message.payload().unwrap_or_default()) {
                 Ok(completion) => apply(&db, &hub, &completion).await,
-                Err(error) => tracing::error!(%error, offset = message.offset(), "unreadable completion skipped"),
+                Err(error) => {
+                    tracing::error!(%error, offset = message.offset(), "unreadable completion skipped")
+                }
             }
             if let Err(error) = consumer.store_offset_from_message(&message) {
                 tracing::warn!(%error, "cannot store completion offset");

@@ -39,10 +39,14 @@ impl HealthChecker {
         let store = self.store.health().await.map(|()| self.store.kind());
         // The model is loaded at start; that it still embeds is the check.
         let embedder = self.embedder.clone();
-        let model = tokio::task::spawn_blocking(move || embedder.embed(&["health"]).map(|v| format!("{} dimensions", v[0].len())))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let model = tokio::task::spawn_blocking(move || {
+            embedder
+                .embed(&["health"])
+                .map(|v| format!("{} dimensions", v[0].len()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         HealthReport::new(BTreeMap::from([
             ("broker".to_owned(), Dependency::from_result(broker)),
             ("database".to_owned(), Dependency::from_result(database)),
@@ -73,7 +77,11 @@ impl HealthChecker {
                 let checker = self.clone();
                 async move {
                     let report = checker.report().await;
-                    let code = if report.status == Status::Up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    let code = if report.status == Status::Up {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
                     (code, Json(report))
                 }
             }),
@@ -82,8 +90,22 @@ impl HealthChecker {
 }
 
 async fn set_all(reporter: &HealthReporter, serving: bool) {
-    let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
     reporter.set_service_status("", status).await;
-    reporter.set_service_status(<IngestServiceServer<IngestApi> as tonic::server::NamedService>::NAME, status).await;
-    reporter.set_service_status(<SearchServiceServer<SearchApi> as tonic::server::NamedService>::NAME, status).await;
+    reporter
+        .set_service_status(
+            <IngestServiceServer<IngestApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter
+        .set_service_status(
+            <SearchServiceServer<SearchApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }

@@ -12,7 +12,10 @@ pub struct TenantEvent {
 
 impl TenantEvent {
     pub fn ingestion(&self) -> &Ingestion {
-        self.event.ingestion.as_ref().expect("hub events always carry the ingestion")
+        self.event
+            .ingestion
+            .as_ref()
+            .expect("hub events always carry the ingestion")
     }
 }
 
@@ -32,13 +35,21 @@ pub struct Hub {
 impl Hub {
     /// `capacity` events may be buffered per subscriber; a slower one is told it lagged.
     pub fn new(capacity: usize) -> Self {
-        Self { sender: broadcast::channel(capacity).0 }
+        Self {
+            sender: broadcast::channel(capacity).0,
+        }
     }
 
     pub fn publish(&self, tenant: &str, ingestion: Ingestion) {
-        let event = IngestionEvent { ingestion: Some(ingestion), event_time: Some(now()) };
+        let event = IngestionEvent {
+            ingestion: Some(ingestion),
+            event_time: Some(now()),
+        };
         // No subscribers is fine: nobody is watching.
-        let _ = self.sender.send(TenantEvent { tenant: tenant.to_owned(), event });
+        let _ = self.sender.send(TenantEvent {
+            tenant: tenant.to_owned(),
+            event,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<TenantEvent> {

@@ -8,8 +8,9 @@ use sea_orm::DatabaseConnection;
 use sluice_core::db::{ingestion, projection};
 use sluice_core::proto::ingest_service_server::IngestService;
 use sluice_core::proto::{
-    DeleteDocumentRequest, DeleteDocumentResponse, GetIngestionRequest, IngestBatchRequest, IngestBatchResponse, IngestRequest,
-    IngestResponse, Ingestion, IngestionEvent, IngestionState, KafkaPosition, Operation, WatchIngestionsRequest,
+    DeleteDocumentRequest, DeleteDocumentResponse, GetIngestionRequest, IngestBatchRequest,
+    IngestBatchResponse, IngestRequest, IngestResponse, Ingestion, IngestionEvent, IngestionState,
+    KafkaPosition, Operation, WatchIngestionsRequest,
 };
 use sluice_core::record::DocumentRecord;
 use sluice_core::tenant::TenantId;
@@ -46,8 +47,16 @@ pub struct IngestApi {
 impl IngestApi {
     /// Writes the records in one transaction, records them as accepted and tells watchers.
     /// Returns OK only once the transaction committed.
-    async fn accept(&self, records: &[DocumentRecord], idempotency_keys: Vec<Option<String>>) -> Result<Vec<Ingestion>, Status> {
-        let positions = self.appender.append(records).await.map_err(|e| status::transaction_failed(&e))?;
+    async fn accept(
+        &self,
+        records: &[DocumentRecord],
+        idempotency_keys: Vec<Option<String>>,
+    ) -> Result<Vec<Ingestion>, Status> {
+        let positions = self
+            .appender
+            .append(records)
+            .await
+            .map_err(|e| status::transaction_failed(&e))?;
         let rows: Vec<ingestion::Model> = records
             .iter()
             .zip(positions)
@@ -75,21 +84,32 @@ impl IngestApi {
         }
         let ingestions: Vec<Ingestion> = rows.iter().map(to_proto).collect();
         for ingestion in &ingestions {
-            self.hub.publish(records[0].tenant.as_str(), ingestion.clone());
+            self.hub
+                .publish(records[0].tenant.as_str(), ingestion.clone());
         }
         Ok(ingestions)
     }
 
     /// The ingestions a repeated request already created, in the order of `keys`, when every
     /// key is known.
-    async fn replayed(&self, tenant: &TenantId, keys: &[String]) -> Result<Option<Vec<Ingestion>>, Status> {
+    async fn replayed(
+        &self,
+        tenant: &TenantId,
+        keys: &[String],
+    ) -> Result<Option<Vec<Ingestion>>, Status> {
         if keys.is_empty() {
             return Ok(None);
         }
-        let rows = projection::find_by_idempotency_keys(&self.db, tenant.as_str(), keys).await.map_err(status::database)?;
+        let rows = projection::find_by_idempotency_keys(&self.db, tenant.as_str(), keys)
+            .await
+            .map_err(status::database)?;
         let ordered: Option<Vec<Ingestion>> = keys
             .iter()
-            .map(|key| rows.iter().find(|r| r.idempotency_key.as_deref() == Some(key.as_str())).map(to_proto))
+            .map(|key| {
+                rows.iter()
+                    .find(|r| r.idempotency_key.as_deref() == Some(key.as_str()))
+                    .map(to_proto)
+            })
             .collect();
         Ok(ordered)
     }
@@ -102,7 +122,9 @@ impl IngestApi {
         ingestion: Ingestion,
         deadline: Option<Instant>,
     ) -> Result<Ingestion, Status> {
-        let until = deadline.map(|d| d - DEADLINE_MARGIN).unwrap_or_else(|| Instant::now() + DEFAULT_WAIT);
+        let until = deadline
+            .map(|d| d - DEADLINE_MARGIN)
+            .unwrap_or_else(|| Instant::now() + DEFAULT_WAIT);
         let id = ingestion.ingestion_id.clone();
         loop {
             tokio::select! {
@@ -137,7 +159,9 @@ impl IngestApi {
     }
 
     async fn ended(&self, tenant: &TenantId, id: &str) -> Result<Option<Ingestion>, Status> {
-        let row = projection::get(&self.db, tenant.as_str(), id).await.map_err(status::database)?;
+        let row = projection::get(&self.db, tenant.as_str(), id)
+            .await
+            .map_err(status::database)?;
         Ok(row.map(|r| to_proto(&r)).filter(is_terminal))
     }
 
@@ -155,10 +179,15 @@ impl IngestApi {
         let events = wait.then(|| self.hub.subscribe());
         let ingestion = match replay {
             Some(mut replayed) => replayed.remove(0),
-            None => self.accept(std::slice::from_ref(&record), vec![idempotency_key]).await?.remove(0),
+            None => self
+                .accept(std::slice::from_ref(&record), vec![idempotency_key])
+                .await?
+                .remove(0),
         };
         match events {
-            Some(events) if !is_terminal(&ingestion) => self.wait_for_end(tenant, events, ingestion, deadline).await,
+            Some(events) if !is_terminal(&ingestion) => {
+                self.wait_for_end(tenant, events, ingestion, deadline).await
+            }
             _ => Ok(ingestion),
         }
     }
@@ -168,33 +197,56 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<IngestionEvent, Status>> + S
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
-    async fn ingest(&self, request: Request<IngestRequest>) -> Result<Response<IngestResponse>, Status> {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
         let tenant = self.auth.tenant(&request)?;
         let deadline = deadline_of(&request);
         let request = request.into_inner();
-        let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key").map_err(|v| invalid_argument(&v))?;
-        let document = request.document.ok_or_else(|| invalid_argument(&[Violation::new("document", "required")]))?;
-        let record = self.validator.document(&tenant, document, "document").map_err(|v| invalid_argument(&v))?;
-        let ingestion = self.accept_one(&tenant, record, key, request.wait, deadline).await?;
-        Ok(Response::new(IngestResponse { ingestion: Some(ingestion) }))
+        let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
+            .map_err(|v| invalid_argument(&v))?;
+        let document = request
+            .document
+            .ok_or_else(|| invalid_argument(&[Violation::new("document", "required")]))?;
+        let record = self
+            .validator
+            .document(&tenant, document, "document")
+            .map_err(|v| invalid_argument(&v))?;
+        let ingestion = self
+            .accept_one(&tenant, record, key, request.wait, deadline)
+            .await?;
+        Ok(Response::new(IngestResponse {
+            ingestion: Some(ingestion),
+        }))
     }
 
-    async fn ingest_batch(&self, request: Request<IngestBatchRequest>) -> Result<Response<IngestBatchResponse>, Status> {
+    async fn ingest_batch(
+        &self,
+        request: Request<IngestBatchRequest>,
+    ) -> Result<Response<IngestBatchResponse>, Status> {
         let tenant = self.auth.tenant(&request)?;
         let request = request.into_inner();
-        let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key").map_err(|v| invalid_argument(&v))?;
+        let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
+            .map_err(|v| invalid_argument(&v))?;
         let count = request.documents.len();
         if count == 0 || count > self.max_batch_documents {
             return Err(invalid_argument(&[Violation::new(
                 "documents",
-                format!("{count} documents; a batch holds 1 to {}", self.max_batch_documents),
+                format!(
+                    "{count} documents; a batch holds 1 to {}",
+                    self.max_batch_documents
+                ),
             )]));
         }
         // Validate everything first: one bad document rejects the whole batch, naming it.
         let mut records = Vec::with_capacity(count);
         let mut violations = Vec::new();
         for (i, document) in request.documents.into_iter().enumerate() {
-            match self.validator.document(&tenant, document, &format!("documents[{i}]")) {
+            match self
+                .validator
+                .document(&tenant, document, &format!("documents[{i}]"))
+            {
                 Ok(record) => records.push(record),
                 Err(v) => violations.extend(v),
             }
@@ -203,7 +255,9 @@ impl IngestService for IngestApi {
             return Err(invalid_argument(&violations));
         }
         // Per-document keys derived from the batch key, so a replayed batch finds them all.
-        let keys: Vec<Option<String>> = (0..count).map(|i| key.as_ref().map(|k| format!("{k}#{i}"))).collect();
+        let keys: Vec<Option<String>> = (0..count)
+            .map(|i| key.as_ref().map(|k| format!("{k}#{i}")))
+            .collect();
         let lookup: Vec<String> = keys.iter().flatten().cloned().collect();
         if let Some(ingestions) = self.replayed(&tenant, &lookup).await? {
             return Ok(Response::new(IngestBatchResponse { ingestions }));
@@ -212,23 +266,42 @@ impl IngestService for IngestApi {
         Ok(Response::new(IngestBatchResponse { ingestions }))
     }
 
-    async fn delete_document(&self, request: Request<DeleteDocumentRequest>) -> Result<Response<DeleteDocumentResponse>, Status> {
+    async fn delete_document(
+        &self,
+        request: Request<DeleteDocumentRequest>,
+    ) -> Result<Response<DeleteDocumentResponse>, Status> {
         let tenant = self.auth.tenant(&request)?;
         let deadline = deadline_of(&request);
         let request = request.into_inner();
-        let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key").map_err(|v| invalid_argument(&v))?;
-        let record = self.validator.deletion(&tenant, &request.document_id).map_err(|v| invalid_argument(&v))?;
-        let ingestion = self.accept_one(&tenant, record, key, request.wait, deadline).await?;
-        Ok(Response::new(DeleteDocumentResponse { ingestion: Some(ingestion) }))
+        let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
+            .map_err(|v| invalid_argument(&v))?;
+        let record = self
+            .validator
+            .deletion(&tenant, &request.document_id)
+            .map_err(|v| invalid_argument(&v))?;
+        let ingestion = self
+            .accept_one(&tenant, record, key, request.wait, deadline)
+            .await?;
+        Ok(Response::new(DeleteDocumentResponse {
+            ingestion: Some(ingestion),
+        }))
     }
 
-    async fn get_ingestion(&self, request: Request<GetIngestionRequest>) -> Result<Response<Ingestion>, Status> {
+    async fn get_ingestion(
+        &self,
+        request: Request<GetIngestionRequest>,
+    ) -> Result<Response<Ingestion>, Status> {
         let tenant = self.auth.tenant(&request)?;
         let id = request.into_inner().ingestion_id;
         if id.is_empty() {
-            return Err(invalid_argument(&[Violation::new("ingestion_id", "required")]));
+            return Err(invalid_argument(&[Violation::new(
+                "ingestion_id",
+                "required",
+            )]));
         }
-        let row = projection::get(&self.db, tenant.as_str(), &id).await.map_err(status::database)?;
+        let row = projection::get(&self.db, tenant.as_str(), &id)
+            .await
+            .map_err(status::database)?;
         // Another tenant's ingestion is as unknown as one that never existed.
         let row = row.ok_or_else(|| Status::not_found(format!("no ingestion {id}")))?;
         Ok(Response::new(to_proto(&row)))
@@ -236,7 +309,10 @@ impl IngestService for IngestApi {
 
     type WatchIngestionsStream = WatchStream;
 
-    async fn watch_ingestions(&self, request: Request<WatchIngestionsRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch_ingestions(
+        &self,
+        request: Request<WatchIngestionsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let tenant = self.auth.tenant(&request)?;
         let ids = request.into_inner().ingestion_ids;
         // Subscribe first, then read the current state: nothing can fall in between.
@@ -244,17 +320,32 @@ impl IngestService for IngestApi {
         let mut pending: std::collections::HashSet<String> = ids.iter().cloned().collect();
         let mut snapshot = Vec::new();
         if !ids.is_empty() {
-            let rows = projection::get_many(&self.db, tenant.as_str(), &ids).await.map_err(status::database)?;
-            let unknown: Vec<&String> = ids.iter().filter(|id| !rows.iter().any(|r| &r.ingestion_id == *id)).collect();
+            let rows = projection::get_many(&self.db, tenant.as_str(), &ids)
+                .await
+                .map_err(status::database)?;
+            let unknown: Vec<&String> = ids
+                .iter()
+                .filter(|id| !rows.iter().any(|r| &r.ingestion_id == *id))
+                .collect();
             if !unknown.is_empty() {
-                return Err(Status::not_found(format!("no ingestion {}", unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))));
+                return Err(Status::not_found(format!(
+                    "no ingestion {}",
+                    unknown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
             }
             for row in rows {
                 let ingestion = to_proto(&row);
                 if is_terminal(&ingestion) {
                     pending.remove(&ingestion.ingestion_id);
                 }
-                snapshot.push(IngestionEvent { ingestion: Some(ingestion), event_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())) });
+                snapshot.push(IngestionEvent {
+                    ingestion: Some(ingestion),
+                    event_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+                });
             }
         }
         let (sender, receiver) = mpsc::channel(256);
@@ -296,7 +387,9 @@ impl IngestService for IngestApi {
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = sender.send(Err(Status::unavailable("gateway is shutting down"))).await;
+                        let _ = sender
+                            .send(Err(Status::unavailable("gateway is shutting down")))
+                            .await;
                         return;
                     }
                 }
@@ -325,7 +418,11 @@ pub fn to_proto(row: &ingestion::Model) -> Ingestion {
         document_id: row.document_id.clone(),
         operation: operation as i32,
         state: state as i32,
-        position: Some(KafkaPosition { topic: row.kafka_topic.clone(), partition: row.kafka_partition, offset: row.kafka_offset }),
+        position: Some(KafkaPosition {
+            topic: row.kafka_topic.clone(),
+            partition: row.kafka_partition,
+            offset: row.kafka_offset,
+        }),
         chunk_count: row.chunk_count.max(0) as u32,
         failure_reason: row.failure_reason.clone().unwrap_or_default(),
         accepted_at: Some(timestamp(row.accepted_at_ms)),
@@ -334,7 +431,10 @@ pub fn to_proto(row: &ingestion::Model) -> Ingestion {
 }
 
 fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 /// The client's deadline, from the `grpc-timeout` header (e.g. `5S`, `200m`).

@@ -25,17 +25,32 @@ pub struct SearchApi {
 
 #[tonic::async_trait]
 impl SearchService for SearchApi {
-    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
         let tenant = self.auth.tenant(&request)?;
         let request = request.into_inner();
         let mut violations = Vec::new();
         if request.query.trim().is_empty() {
             violations.push(Violation::new("query", "required"));
         } else if request.query.len() > MAX_QUERY_BYTES {
-            violations.push(Violation::new("query", format!("{} bytes, more than the maximum of {MAX_QUERY_BYTES}", request.query.len())));
+            violations.push(Violation::new(
+                "query",
+                format!(
+                    "{} bytes, more than the maximum of {MAX_QUERY_BYTES}",
+                    request.query.len()
+                ),
+            ));
         }
         if request.top_k > self.max_top_k {
-            violations.push(Violation::new("top_k", format!("{} is more than the maximum of {}", request.top_k, self.max_top_k)));
+            violations.push(Violation::new(
+                "top_k",
+                format!(
+                    "{} is more than the maximum of {}",
+                    request.top_k, self.max_top_k
+                ),
+            ));
         }
         for key in request.attribute_filter.keys() {
             if let Err(reason) = attribute_key(key) {
@@ -59,7 +74,11 @@ impl SearchService for SearchApi {
             .search(VectorQuery {
                 tenant: tenant.to_string(),
                 vector,
-                top_k: if request.top_k == 0 { DEFAULT_TOP_K } else { request.top_k },
+                top_k: if request.top_k == 0 {
+                    DEFAULT_TOP_K
+                } else {
+                    request.top_k
+                },
                 attributes: request.attribute_filter.into_iter().collect(),
             })
             .await

@@ -24,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::appender::{self, Appender};
 use crate::auth::{Authenticator, TENANT_HEADER};
+use crate::completions;
 use crate::health::HealthChecker;
 use crate::hub::Hub;
 use crate::ingest::IngestApi;
 use crate::search::SearchApi;
 use crate::validate::Validator;
-use crate::completions;
 
 /// What the gateway shares with a worker in the same process: the model, the vector store and
 /// the database.
@@ -47,13 +47,24 @@ impl Shared {
         let embedder = tokio::task::spawn_blocking(move || {
             sluice_core::embed::Embedder::load(
                 &model.dir,
-                sluice_core::embed::EmbedderOptions { max_batch: model.max_batch, ..Default::default() },
+                sluice_core::embed::EmbedderOptions {
+                    max_batch: model.max_batch,
+                    ..Default::default()
+                },
             )
         })
         .await??;
-        let store = sluice_core::vector::open(config, embedder.dimension()).await.context("vector store")?;
-        let db = sluice_core::db::connect(&config.database_url()).await.context("database")?;
-        Ok(Self { embedder: Arc::new(embedder), store, db })
+        let store = sluice_core::vector::open(config, embedder.dimension())
+            .await
+            .context("vector store")?;
+        let db = sluice_core::db::connect(&config.database_url())
+            .await
+            .context("database")?;
+        Ok(Self {
+            embedder: Arc::new(embedder),
+            store,
+            db,
+        })
     }
 }
 
@@ -84,14 +95,21 @@ impl Gateway {
             anyhow::bail!("no client authentication configured: set gateway.dev_tenant_header = true (development only)");
         };
 
-        ensure_topics(&config.kafka).await.context("creating Kafka topics")?;
+        ensure_topics(&config.kafka)
+            .await
+            .context("creating Kafka topics")?;
         let instance = &config.gateway.instance_id;
         let transactional_id = format!("sluice-gateway-{instance}");
-        let producer = TransactionalProducer::new(&config.kafka, &transactional_id, appender::STEP_TIMEOUT)
-            .await
-            .context("initialising the transactional producer")?;
-        let (appender, appender_task) =
-            Appender::spawn(config.kafka.clone(), transactional_id, producer.clone(), config.gateway.max_records_per_transaction);
+        let producer =
+            TransactionalProducer::new(&config.kafka, &transactional_id, appender::STEP_TIMEOUT)
+                .await
+                .context("initialising the transactional producer")?;
+        let (appender, appender_task) = Appender::spawn(
+            config.kafka.clone(),
+            transactional_id,
+            producer.clone(),
+            config.gateway.max_records_per_transaction,
+        );
 
         let shutdown = CancellationToken::new();
         let hub = Hub::new(4096);
@@ -121,8 +139,17 @@ impl Gateway {
         };
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let checker = HealthChecker { producer, db: shared.db.clone(), store: shared.store.clone(), embedder: shared.embedder.clone() };
-        let health_driver = tokio::spawn(checker.clone().drive_grpc(health_reporter, shutdown.clone()));
+        let checker = HealthChecker {
+            producer,
+            db: shared.db.clone(),
+            store: shared.store.clone(),
+            embedder: shared.embedder.clone(),
+        };
+        let health_driver = tokio::spawn(
+            checker
+                .clone()
+                .drive_grpc(health_reporter, shutdown.clone()),
+        );
 
         // Reflection in both versions: grpcurl 1.8 speaks v1alpha, newer clients v1.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -134,19 +161,27 @@ impl Gateway {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let grpc_listener = TcpListener::bind(config.gateway.listen).await.with_context(|| format!("binding {}", config.gateway.listen))?;
+        let grpc_listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("binding {}", config.gateway.listen))?;
         let grpc_addr = grpc_listener.local_addr()?;
-        let health_listener =
-            TcpListener::bind(config.gateway.health_listen).await.with_context(|| format!("binding {}", config.gateway.health_listen))?;
+        let health_listener = TcpListener::bind(config.gateway.health_listen)
+            .await
+            .with_context(|| format!("binding {}", config.gateway.health_listen))?;
         let health_addr = health_listener.local_addr()?;
 
         let grpc = tonic::transport::Server::builder()
-            .add_service(IngestServiceServer::new(ingest).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(
+                IngestServiceServer::new(ingest).max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .add_service(SearchServiceServer::new(search))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                shutdown.clone().cancelled_owned(),
+            );
         let grpc = tokio::spawn(async move {
             if let Err(error) = grpc.await {
                 tracing::error!(%error, "gRPC server failed");
@@ -154,7 +189,8 @@ impl Gateway {
         });
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
-            let server = axum::serve(health_listener, checker.router()).with_graceful_shutdown(http_shutdown.cancelled_owned());
+            let server = axum::serve(health_listener, checker.router())
+                .with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(error) = server.await {
                 tracing::error!(%error, "health server failed");
             }

@@ -18,15 +18,31 @@ impl Standalone {
         let shared = Shared::open(config).await?;
         // The gateway creates the topics the worker subscribes to.
         let gateway = Gateway::start(config, shared.clone()).await?;
-        let mut standalone = Self { gateway, shared, config: config.clone(), worker: None };
+        let mut standalone = Self {
+            gateway,
+            shared,
+            config: config.clone(),
+            worker: None,
+        };
         standalone.start_worker()?;
         Ok(standalone)
     }
 
     /// Starts the worker (again); it resumes from the group's committed offsets.
     pub fn start_worker(&mut self) -> anyhow::Result<()> {
-        let indexer = sluice_worker::indexer_for(&self.config, self.shared.embedder.clone(), self.shared.store.clone())?;
-        self.worker = Some(Worker::new(self.config.kafka.clone(), self.config.worker.clone(), indexer).spawn());
+        let indexer = sluice_worker::indexer_for(
+            &self.config,
+            self.shared.embedder.clone(),
+            self.shared.store.clone(),
+        )?;
+        self.worker = Some(
+            Worker::new(
+                self.config.kafka.clone(),
+                self.config.worker.clone(),
+                indexer,
+            )
+            .spawn(),
+        );
         Ok(())
     }
 

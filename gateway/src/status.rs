@@ -17,7 +17,10 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 
@@ -38,7 +41,11 @@ pub fn invalid_argument(violations: &[Violation]) -> Status {
 
 /// A status that tells the client to try again after `retry_after`.
 pub fn with_retry(code: Code, message: impl Into<String>, retry_after: Duration) -> Status {
-    Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(retry_after)))
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
 }
 
 /// A transaction that did not commit: nothing of the request is in Kafka.
@@ -59,5 +66,9 @@ pub fn transaction_failed(error: &TransactionError) -> Status {
 
 pub fn database(error: DbErr) -> Status {
     tracing::error!(%error, "database error");
-    with_retry(Code::Unavailable, "database unavailable", Duration::from_secs(1))
+    with_retry(
+        Code::Unavailable,
+        "database unavailable",
+        Duration::from_secs(1),
+    )
 }

@@ -21,14 +21,27 @@ async fn main() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(&broker, dir.path(), Database::Sqlite).await;
-    let shared = Shared::open(&config).await.expect("open model, store, database");
-    let gateway = Gateway::start(&config, shared).await.expect("start gateway");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.grpc_addr)).unwrap().connect().await.unwrap();
+    let shared = Shared::open(&config)
+        .await
+        .expect("open model, store, database");
+    let gateway = Gateway::start(&config, shared)
+        .await
+        .expect("start gateway");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let client = IngestServiceClient::new(channel);
     let text = "Sluice benchmark document. ".repeat(40);
 
-    println!("Ingest against nisshi on loopback, {CALLS_PER_LEVEL} calls per level, ~1 KiB documents");
-    println!("{:>12} {:>12} {:>10} {:>10} {:>10}", "concurrency", "docs/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "Ingest against nisshi on loopback, {CALLS_PER_LEVEL} calls per level, ~1 KiB documents"
+    );
+    println!(
+        "{:>12} {:>12} {:>10} {:>10} {:>10}",
+        "concurrency", "docs/s", "p50 ms", "p99 ms", "max ms"
+    );
     for concurrency in [1usize, 8, 32, 128] {
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -41,7 +54,14 @@ async fn main() {
                 for i in 0..calls {
                     let request = as_tenant(
                         "bench",
-                        IngestRequest { document: Some(document(&format!("c{concurrency}-w{worker}-{i}"), "Bench", &text)), ..Default::default() },
+                        IngestRequest {
+                            document: Some(document(
+                                &format!("c{concurrency}-w{worker}-{i}"),
+                                "Bench",
+                                &text,
+                            )),
+                            ..Default::default()
+                        },
                     );
                     let t = Instant::now();
                     client.ingest(request).await.expect("ingest");
@@ -59,16 +79,30 @@ async fn main() {
 
     println!();
     println!("IngestBatch, one transaction per call");
-    println!("{:>12} {:>12} {:>10} {:>10} {:>10}", "batch size", "docs/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:>12} {:>12} {:>10} {:>10} {:>10}",
+        "batch size", "docs/s", "p50 ms", "p99 ms", "max ms"
+    );
     for size in [10usize, 100, 500] {
         let mut client = client.clone();
         let calls = (2000 / size).clamp(4, 40);
         let started = Instant::now();
         let mut latencies = Vec::with_capacity(calls);
         for call in 0..calls {
-            let documents = (0..size).map(|i| document(&format!("b{size}-{call}-{i}"), "Bench", &text)).collect();
+            let documents = (0..size)
+                .map(|i| document(&format!("b{size}-{call}-{i}"), "Bench", &text))
+                .collect();
             let t = Instant::now();
-            client.ingest_batch(as_tenant("bench", IngestBatchRequest { documents, ..Default::default() })).await.expect("batch");
+            client
+                .ingest_batch(as_tenant(
+                    "bench",
+                    IngestBatchRequest {
+                        documents,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("batch");
             latencies.push(t.elapsed());
         }
         report(&size.to_string(), latencies, started.elapsed(), size);
@@ -78,7 +112,9 @@ async fn main() {
 
 fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration, docs_per_call: usize) {
     latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+    };
     let docs = latencies.len() * docs_per_call;
     println!(
         "{label:>12} {:>12.1} {:>10.1} {:>10.1} {:>10.1}",

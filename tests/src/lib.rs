@@ -27,11 +27,17 @@ use tonic::transport::Channel;
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("SLUICE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/sluice"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/sluice")
+        })
 }
 
 fn installed(path: PathBuf, what: &str) -> PathBuf {
-    assert!(path.exists(), "{what} not found at {}: run deploy/dev/install", path.display());
+    assert!(
+        path.exists(),
+        "{what} not found at {}: run deploy/dev/install",
+        path.display()
+    );
     path
 }
 
@@ -44,13 +50,19 @@ pub fn grpcurl() -> PathBuf {
 }
 
 pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("model"));
+    let dir = std::env::var_os("SLUICE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("model"));
     installed(dir, "the all-MiniLM-L6-v2 model")
 }
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A nisshi broker process, killed when dropped.
@@ -64,7 +76,12 @@ pub struct Broker {
 impl Broker {
     /// A broker keeping everything in memory.
     pub async fn start() -> Broker {
-        Self::start_with(format!("memory://sluice-{}/", uuid::Uuid::new_v4().simple()), std::env::temp_dir(), free_port()).await
+        Self::start_with(
+            format!("memory://sluice-{}/", uuid::Uuid::new_v4().simple()),
+            std::env::temp_dir(),
+            free_port(),
+        )
+        .await
     }
 
     /// A broker persisting to SQLite under `dir`, so it can be restarted with its data.
@@ -74,7 +91,12 @@ impl Broker {
     }
 
     async fn start_with(storage: String, workdir: PathBuf, port: u16) -> Broker {
-        let mut broker = Broker { child: None, port, storage, workdir };
+        let mut broker = Broker {
+            child: None,
+            port,
+            storage,
+            workdir,
+        };
         broker.spawn().await;
         broker
     }
@@ -82,10 +104,24 @@ impl Broker {
     async fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(nisshi())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &self.storage, "--group-initial-rebalance-delay", "100ms"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                &self.storage,
+                "--group-initial-rebalance-delay",
+                "100ms",
+            ])
             .current_dir(&self.workdir)
-            .env("RUST_LOG", std::env::var("NISSHI_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("NISSHI_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -93,7 +129,11 @@ impl Broker {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nisshi did not listen on {} within 30 s", self.port);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nisshi did not listen on {} within 30 s",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -133,7 +173,9 @@ pub enum Database {
 impl Database {
     async fn url(self, data_dir: &Path) -> String {
         match self {
-            Database::Sqlite => format!("sqlite://{}?mode=rwc", data_dir.join("sluice.db").display()),
+            Database::Sqlite => {
+                format!("sqlite://{}?mode=rwc", data_dir.join("sluice.db").display())
+            }
             Database::Postgres => sluice_core::db::testing::fresh_postgres_database().await,
         }
     }
@@ -141,7 +183,10 @@ impl Database {
 
 /// The configuration a test stack runs with: loopback ports, a temporary data dir.
 pub async fn test_config(broker: &Broker, data_dir: &Path, database: Database) -> Config {
-    let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
     config.kafka.bootstrap_servers = broker.bootstrap();
     config.gateway.listen = "127.0.0.1:0".parse().unwrap();
     config.gateway.health_listen = "127.0.0.1:0".parse().unwrap();
@@ -171,8 +216,15 @@ impl Stack {
         let broker = Broker::start().await;
         let data_dir = tempfile::tempdir().expect("tempdir");
         let config = test_config(&broker, data_dir.path(), database).await;
-        let standalone = Standalone::start(&config).await.expect("start sluice standalone");
-        Stack { standalone: Some(standalone), config, broker, data_dir }
+        let standalone = Standalone::start(&config)
+            .await
+            .expect("start sluice standalone");
+        Stack {
+            standalone: Some(standalone),
+            config,
+            broker,
+            data_dir,
+        }
     }
 
     pub fn standalone(&self) -> &Standalone {
@@ -188,7 +240,11 @@ impl Stack {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.grpc_url()).unwrap().connect().await.expect("connect to the gateway")
+        Channel::from_shared(self.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the gateway")
     }
 
     pub async fn ingest_client(&self) -> IngestServiceClient<Channel> {
@@ -209,14 +265,21 @@ impl Stack {
 /// A request acting for `tenant` (development-mode header).
 pub fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(sluice_gateway::auth::TENANT_HEADER, tenant.parse().expect("ascii tenant"));
+    request.metadata_mut().insert(
+        sluice_gateway::auth::TENANT_HEADER,
+        tenant.parse().expect("ascii tenant"),
+    );
     request
 }
 
 /// A document in the default schema, as Avro JSON.
 pub fn document(id: &str, title: &str, text: &str) -> Document {
     let json = serde_json::json!({ "title": title, "text": text, "source": "tests" });
-    Document { document_id: id.into(), payload: Some(Payload::AvroJson(json.to_string())), attributes: Default::default() }
+    Document {
+        document_id: id.into(),
+        payload: Some(Payload::AvroJson(json.to_string())),
+        attributes: Default::default(),
+    }
 }
 
 pub fn state(ingestion: &Ingestion) -> IngestionState {
@@ -234,13 +297,19 @@ pub fn bad_request_fields(status: &tonic::Status) -> Vec<String> {
 
 /// Every committed record of `topic`, read from the beginning (bounded: stops once nothing new
 /// arrives for two seconds, or after 20 s).
-pub async fn read_topic(kafka: &sluice_core::config::KafkaConfig, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+pub async fn read_topic(
+    kafka: &sluice_core::config::KafkaConfig,
+    topic: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     let config = sluice_core::kafka::client_config(
         kafka,
         &[
-            ("group.id", &format!("reader-{}", uuid::Uuid::new_v4().simple())),
+            (
+                "group.id",
+                &format!("reader-{}", uuid::Uuid::new_v4().simple()),
+            ),
             ("auto.offset.reset", "earliest"),
             ("isolation.level", "read_committed"),
             ("enable.auto.commit", "false"),
@@ -253,7 +322,8 @@ pub async fn read_topic(kafka: &sluice_core::config::KafkaConfig, topic: &str) -
         let mut records = Vec::new();
         let started = std::time::Instant::now();
         let mut last = std::time::Instant::now();
-        while last.elapsed() < Duration::from_secs(2) && started.elapsed() < Duration::from_secs(20) {
+        while last.elapsed() < Duration::from_secs(2) && started.elapsed() < Duration::from_secs(20)
+        {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
                 records.push(message.detach());
                 last = std::time::Instant::now();
@@ -277,7 +347,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

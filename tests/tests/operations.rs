@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_core::proto::{IngestBatchRequest, IngestRequest, IngestionState, WatchIngestionsRequest};
+use sluice_core::proto::{
+    IngestBatchRequest, IngestRequest, IngestionState, WatchIngestionsRequest,
+};
 use sluice_core::vector::{IndexedDocument, VectorHit, VectorQuery, VectorStore, VectorStoreError};
 use sluice_gateway::server::{Gateway, Shared};
 use sluice_tests::{as_tenant, document, state, test_config, Broker, Database, Stack};
@@ -21,7 +23,11 @@ fn grpcurl(stack: &Stack, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run grpcurl");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let _ = stack;
     (output.status.success(), text)
 }
@@ -34,28 +40,74 @@ async fn grpcurl_lists_ingests_and_searches() {
 
     let (ok, listing) = grpcurl(&stack, &[&addr, "list"]);
     assert!(ok, "{listing}");
-    for service in ["sluice.v1.IngestService", "sluice.v1.SearchService", "grpc.health.v1.Health"] {
-        assert!(listing.lines().any(|l| l == service), "{service} missing from:\n{listing}");
+    for service in [
+        "sluice.v1.IngestService",
+        "sluice.v1.SearchService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == service),
+            "{service} missing from:\n{listing}"
+        );
     }
 
     let payload = serde_json::json!({ "title": "Glaciers", "text": "Glaciers are slow rivers of ice that shape mountains and valleys." });
     let body = serde_json::json!({ "document": { "documentId": "glacier", "avroJson": payload.to_string() }, "wait": true }).to_string();
-    let (ok, out) = grpcurl(&stack, &["-H", "x-sluice-tenant: acme", "-max-time", "60", "-d", &body, &addr, "sluice.v1.IngestService/Ingest"]);
+    let (ok, out) = grpcurl(
+        &stack,
+        &[
+            "-H",
+            "x-sluice-tenant: acme",
+            "-max-time",
+            "60",
+            "-d",
+            &body,
+            &addr,
+            "sluice.v1.IngestService/Ingest",
+        ],
+    );
     assert!(ok, "{out}");
     let response: serde_json::Value = serde_json::from_str(&out).expect("JSON response");
-    assert_eq!(response["ingestion"]["state"], "INGESTION_STATE_INDEXED", "{out}");
+    assert_eq!(
+        response["ingestion"]["state"], "INGESTION_STATE_INDEXED",
+        "{out}"
+    );
     assert_eq!(response["ingestion"]["chunkCount"], 1, "{out}");
 
-    let (ok, out) = grpcurl(&stack, &["-H", "x-sluice-tenant: acme", "-d", r#"{"query": "ice shaping mountains", "topK": 1}"#, &addr, "sluice.v1.SearchService/Search"]);
+    let (ok, out) = grpcurl(
+        &stack,
+        &[
+            "-H",
+            "x-sluice-tenant: acme",
+            "-d",
+            r#"{"query": "ice shaping mountains", "topK": 1}"#,
+            &addr,
+            "sluice.v1.SearchService/Search",
+        ],
+    );
     assert!(ok, "{out}");
     let response: serde_json::Value = serde_json::from_str(&out).expect("JSON response");
     assert_eq!(response["hits"][0]["documentId"], "glacier", "{out}");
 
     // A bad request shows the field in grpcurl's error output.
-    let bad = serde_json::json!({ "document": { "documentId": "x", "avroJson": "{\"text\": 5}" } }).to_string();
-    let (ok, out) = grpcurl(&stack, &["-H", "x-sluice-tenant: acme", "-d", &bad, &addr, "sluice.v1.IngestService/Ingest"]);
+    let bad = serde_json::json!({ "document": { "documentId": "x", "avroJson": "{\"text\": 5}" } })
+        .to_string();
+    let (ok, out) = grpcurl(
+        &stack,
+        &[
+            "-H",
+            "x-sluice-tenant: acme",
+            "-d",
+            &bad,
+            &addr,
+            "sluice.v1.IngestService/Ingest",
+        ],
+    );
     assert!(!ok);
-    assert!(out.contains("InvalidArgument") && out.contains("document.avro_json.text"), "{out}");
+    assert!(
+        out.contains("InvalidArgument") && out.contains("document.avro_json.text"),
+        "{out}"
+    );
     stack.shutdown().await;
 }
 
@@ -71,27 +123,57 @@ async fn health_reports_each_dependency() {
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["status"], "up");
     for dependency in ["broker", "database", "vector_store", "model"] {
-        assert_eq!(report["dependencies"][dependency]["status"], "up", "{dependency}: {report}");
+        assert_eq!(
+            report["dependencies"][dependency]["status"], "up",
+            "{dependency}: {report}"
+        );
     }
-    assert_eq!(report["dependencies"]["vector_store"]["detail"], "qdrant-edge");
+    assert_eq!(
+        report["dependencies"]["vector_store"]["detail"],
+        "qdrant-edge"
+    );
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(stack.channel().await);
-    let serving = health.check(tonic_health::pb::HealthCheckRequest { service: "sluice.v1.IngestService".into() }).await.unwrap().into_inner();
-    assert_eq!(serving.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sluice.v1.IngestService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     stack.broker.kill();
     let (code, report) = http_get(&url).await;
     assert_eq!(code, 503, "{report}");
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report["dependencies"]["broker"]["status"], "down", "{report}");
-    assert_eq!(report["dependencies"]["database"]["status"], "up", "{report}");
+    assert_eq!(
+        report["dependencies"]["broker"]["status"], "down",
+        "{report}"
+    );
+    assert_eq!(
+        report["dependencies"]["database"]["status"], "up",
+        "{report}"
+    );
     stack.shutdown().await;
 }
 
 async fn http_get(url: &str) -> (u16, String) {
     // curl is on every machine this runs on; it keeps an HTTP client out of the dependencies.
     let output = tokio::process::Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20", url])
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "20",
+            url,
+        ])
         .output()
         .await
         .expect("curl");
@@ -106,13 +188,29 @@ async fn http_get(url: &str) -> (u16, String) {
 async fn a_restarted_worker_resumes_from_committed_offsets() {
     let mut stack = Stack::start(Database::Sqlite).await;
     let mut ingest = stack.ingest_client().await;
-    let mut watch = ingest.watch_ingestions(as_tenant(TENANT, WatchIngestionsRequest::default())).await.unwrap().into_inner();
+    let mut watch = ingest
+        .watch_ingestions(as_tenant(TENANT, WatchIngestionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
 
     let documents: Vec<_> = (0..24)
-        .map(|i| document(&format!("doc-{i}"), "Numbers", &format!("Document number {i} talks about the number {i} and nothing else.")))
+        .map(|i| {
+            document(
+                &format!("doc-{i}"),
+                "Numbers",
+                &format!("Document number {i} talks about the number {i} and nothing else."),
+            )
+        })
         .collect();
     let accepted = ingest
-        .ingest_batch(as_tenant(TENANT, IngestBatchRequest { documents, ..Default::default() }))
+        .ingest_batch(as_tenant(
+            TENANT,
+            IngestBatchRequest {
+                documents,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -141,11 +239,21 @@ async fn a_restarted_worker_resumes_from_committed_offsets() {
     })
     .await
     .unwrap_or_else(|_| panic!("only {} of 24 indexed", terminal.len()));
-    assert!(terminal.values().all(|&n| n == 1), "one terminal event per ingestion: {terminal:?}");
+    assert!(
+        terminal.values().all(|&n| n == 1),
+        "one terminal event per ingestion: {terminal:?}"
+    );
     assert!(indexed_before_restart < 24, "the crash came mid-stream");
     let store = stack.standalone().shared.store.clone();
     for i in 0..24 {
-        assert_eq!(store.count_document(TENANT, &format!("doc-{i}")).await.unwrap(), 1, "doc-{i}");
+        assert_eq!(
+            store
+                .count_document(TENANT, &format!("doc-{i}"))
+                .await
+                .unwrap(),
+            1,
+            "doc-{i}"
+        );
     }
     // No stray terminal events arrive late.
     let late = tokio::time::timeout(Duration::from_secs(2), watch.next()).await;
@@ -162,21 +270,41 @@ async fn waiting_past_the_deadline_names_the_ingestion() {
     let mut stack = Stack::start(Database::Sqlite).await;
     stack.standalone_mut().stop_worker().await;
     let mut ingest = stack.ingest_client().await;
-    let mut request = as_tenant(TENANT, IngestRequest { document: Some(document("late", "Late", "Arrives later.")), wait: true, ..Default::default() });
+    let mut request = as_tenant(
+        TENANT,
+        IngestRequest {
+            document: Some(document("late", "Late", "Arrives later.")),
+            wait: true,
+            ..Default::default()
+        },
+    );
     request.set_timeout(Duration::from_millis(1500));
     let status = ingest.ingest(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    let id = status.message().split_whitespace().nth(1).expect("names the ingestion").to_owned();
+    let id = status
+        .message()
+        .split_whitespace()
+        .nth(1)
+        .expect("names the ingestion")
+        .to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{}", status.message());
 
     stack.standalone_mut().start_worker().unwrap();
     let mut watch = ingest
-        .watch_ingestions(as_tenant(TENANT, WatchIngestionsRequest { ingestion_ids: vec![id.clone()] }))
+        .watch_ingestions(as_tenant(
+            TENANT,
+            WatchIngestionsRequest {
+                ingestion_ids: vec![id.clone()],
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     let mut states = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), watch.next()).await.expect("stream ends") {
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), watch.next())
+        .await
+        .expect("stream ends")
+    {
         states.push(state(&event.unwrap().ingestion.unwrap()));
     }
     // Current state first, then its end; the stream closes by itself.
@@ -192,10 +320,22 @@ async fn an_unreachable_broker_is_unavailable_never_ok() {
     stack.broker.kill();
     for i in 0..2 {
         let status = ingest
-            .ingest(as_tenant(TENANT, IngestRequest { document: Some(document(&format!("d{i}"), "T", "text")), ..Default::default() }))
+            .ingest(as_tenant(
+                TENANT,
+                IngestRequest {
+                    document: Some(document(&format!("d{i}"), "T", "text")),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap_err();
-        assert!(matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Aborted), "{status:?}");
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Aborted
+            ),
+            "{status:?}"
+        );
         use tonic_types::StatusExt;
         assert!(status.get_details_retry_info().is_some(), "{status:?}");
     }
@@ -224,17 +364,27 @@ impl VectorStore for FlakyStore {
             *n
         };
         if document.document_id.starts_with("doomed") || attempt <= self.failures {
-            return Err(VectorStoreError::Unavailable(format!("injected failure {attempt}")));
+            return Err(VectorStoreError::Unavailable(format!(
+                "injected failure {attempt}"
+            )));
         }
         self.inner.index_document(document).await
     }
-    async fn delete_document(&self, tenant: &str, document_id: &str) -> Result<u64, VectorStoreError> {
+    async fn delete_document(
+        &self,
+        tenant: &str,
+        document_id: &str,
+    ) -> Result<u64, VectorStoreError> {
         self.inner.delete_document(tenant, document_id).await
     }
     async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, VectorStoreError> {
         self.inner.search(query).await
     }
-    async fn count_document(&self, tenant: &str, document_id: &str) -> Result<u64, VectorStoreError> {
+    async fn count_document(
+        &self,
+        tenant: &str,
+        document_id: &str,
+    ) -> Result<u64, VectorStoreError> {
         self.inner.count_document(tenant, document_id).await
     }
     async fn health(&self) -> Result<(), VectorStoreError> {
@@ -252,32 +402,91 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
     let config = test_config(&broker, dir.path(), Database::Sqlite).await;
     let shared = Shared::open(&config).await.unwrap();
     let gateway = Gateway::start(&config, shared.clone()).await.unwrap();
-    let flaky = Arc::new(FlakyStore { inner: shared.store.clone(), failures: 2, attempts: Default::default(), calls: AtomicU32::new(0) });
-    let indexer = sluice_worker::indexer_for(&config, shared.embedder.clone(), flaky.clone()).unwrap();
-    let worker = sluice_worker::Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
+    let flaky = Arc::new(FlakyStore {
+        inner: shared.store.clone(),
+        failures: 2,
+        attempts: Default::default(),
+        calls: AtomicU32::new(0),
+    });
+    let indexer =
+        sluice_worker::indexer_for(&config, shared.embedder.clone(), flaky.clone()).unwrap();
+    let worker =
+        sluice_worker::Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.grpc_addr)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut ingest = sluice_core::proto::ingest_service_client::IngestServiceClient::new(channel);
-    let wait = |id: &str| as_tenant(TENANT, IngestRequest { document: Some(document(id, "T", "Some text to index.")), wait: true, ..Default::default() });
+    let wait = |id: &str| {
+        as_tenant(
+            TENANT,
+            IngestRequest {
+                document: Some(document(id, "T", "Some text to index.")),
+                wait: true,
+                ..Default::default()
+            },
+        )
+    };
 
-    let doomed = ingest.ingest(wait("doomed")).await.unwrap().into_inner().ingestion.unwrap();
+    let doomed = ingest
+        .ingest(wait("doomed"))
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestion
+        .unwrap();
     assert_eq!(state(&doomed), IngestionState::Failed);
-    assert!(doomed.failure_reason.contains("gave up after 3 attempts"), "{}", doomed.failure_reason);
-    assert!(doomed.failure_reason.contains("injected failure"), "{}", doomed.failure_reason);
+    assert!(
+        doomed.failure_reason.contains("gave up after 3 attempts"),
+        "{}",
+        doomed.failure_reason
+    );
+    assert!(
+        doomed.failure_reason.contains("injected failure"),
+        "{}",
+        doomed.failure_reason
+    );
 
     // Two failures, then success within the three attempts.
-    let recovers = ingest.ingest(wait("recovers")).await.unwrap().into_inner().ingestion.unwrap();
+    let recovers = ingest
+        .ingest(wait("recovers"))
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestion
+        .unwrap();
     assert_eq!(state(&recovers), IngestionState::Indexed, "{recovers:?}");
-    assert_eq!(shared.store.count_document(TENANT, "recovers").await.unwrap(), 1);
+    assert_eq!(
+        shared
+            .store
+            .count_document(TENANT, "recovers")
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 6);
 
     // The dead letter carries where it came from and why.
     let dead = dead_letters(&config).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].get("sluice-document-id").map(String::as_str), Some("doomed"));
-    assert_eq!(dead[0].get("sluice-dlq-origin-topic").map(String::as_str), Some("sluice.documents"));
-    assert_eq!(dead[0].get("sluice-dlq-attempts").map(String::as_str), Some("3"));
-    assert_eq!(dead[0].get("sluice-dlq-error-class").map(String::as_str), Some("transient"));
+    assert_eq!(
+        dead[0].get("sluice-document-id").map(String::as_str),
+        Some("doomed")
+    );
+    assert_eq!(
+        dead[0].get("sluice-dlq-origin-topic").map(String::as_str),
+        Some("sluice.documents")
+    );
+    assert_eq!(
+        dead[0].get("sluice-dlq-attempts").map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(
+        dead[0].get("sluice-dlq-error-class").map(String::as_str),
+        Some("transient")
+    );
 
     gateway.shutdown().await;
     worker.shutdown().await;
@@ -293,7 +502,16 @@ async fn dead_letters(config: &sluice_core::config::Config) -> Vec<HashMap<Strin
         .map(|message| {
             message
                 .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default()
         })
         .collect()

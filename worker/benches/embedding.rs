@@ -55,7 +55,10 @@ fn main() -> anyhow::Result<()> {
 
     let chunks = make_chunks(&embedder, POOL, TOKENS_PER_CHUNK - 2)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("Embedding benchmark: all-MiniLM-L6-v2 from {}", model_dir.display());
+    println!(
+        "Embedding benchmark: all-MiniLM-L6-v2 from {}",
+        model_dir.display()
+    );
     println!(
         "loaded in {:.2} s; {threads} threads; {POOL} distinct chunks of {TOKENS_PER_CHUNK} tokens ([CLS] and [SEP] included)",
         loaded_in.as_secs_f64()
@@ -106,7 +109,11 @@ fn make_chunks(embedder: &Embedder, count: usize, tokens: usize) -> anyhow::Resu
     // sum of its words' counts: count words once, then assemble texts without re-tokenizing.
     let sentences: Vec<Vec<(&str, usize)>> = SENTENCES
         .iter()
-        .map(|s| s.split(' ').map(|w| (w, embedder.count_tokens(w))).collect())
+        .map(|s| {
+            s.split(' ')
+                .map(|w| (w, embedder.count_tokens(w)))
+                .collect()
+        })
         .collect();
     let mut seed: u64 = 0x5eed;
     let mut random = move |below: usize| {
@@ -134,7 +141,10 @@ fn make_chunks(embedder: &Embedder, count: usize, tokens: usize) -> anyhow::Resu
         words.extend(std::iter::repeat_n("and", tokens - used));
         let chunk = words.join(" ");
         let actual = embedder.count_tokens(&chunk);
-        anyhow::ensure!(actual == tokens, "built a chunk of {actual} tokens, not {tokens}");
+        anyhow::ensure!(
+            actual == tokens,
+            "built a chunk of {actual} tokens, not {tokens}"
+        );
         chunks.push(chunk);
     }
     Ok(chunks)

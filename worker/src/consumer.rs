@@ -66,7 +66,11 @@ impl WorkerHandle {
 
 impl Worker {
     pub fn new(kafka: KafkaConfig, settings: WorkerConfig, indexer: Indexer) -> Self {
-        Self { kafka, settings, indexer }
+        Self {
+            kafka,
+            settings,
+            indexer,
+        }
     }
 
     pub fn spawn(self) -> WorkerHandle {
@@ -96,10 +100,17 @@ impl Worker {
 
     /// One consumer and one producer, until shutdown (Ok) or a failed transaction (Err).
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let consumer: StreamConsumer = read_committed_consumer(&self.kafka, &self.settings.group_id, &[], DefaultConsumerContext)?;
+        let consumer: StreamConsumer = read_committed_consumer(
+            &self.kafka,
+            &self.settings.group_id,
+            &[],
+            DefaultConsumerContext,
+        )?;
         consumer.subscribe(&[self.kafka.documents_topic.as_str()])?;
         let transactional_id = format!("sluice-worker-{}", self.settings.instance_id);
-        let producer = TransactionalProducer::new(&self.kafka, &transactional_id, TRANSACTION_STEP_TIMEOUT).await?;
+        let producer =
+            TransactionalProducer::new(&self.kafka, &transactional_id, TRANSACTION_STEP_TIMEOUT)
+                .await?;
         tracing::info!(group = %self.settings.group_id, %transactional_id, "worker consuming {}", self.kafka.documents_topic);
 
         loop {
@@ -127,13 +138,18 @@ impl Worker {
             let mut next_offsets = BTreeMap::new();
             for message in &batch {
                 outgoing.extend(self.handle(message).await);
-                next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+                next_offsets.insert(
+                    (message.topic().to_owned(), message.partition()),
+                    message.offset() + 1,
+                );
             }
             let mut offsets = TopicPartitionList::new();
             for ((topic, partition), offset) in next_offsets {
                 offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
             }
-            let group = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata"))?;
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| anyhow::anyhow!("no consumer group metadata"))?;
             producer.commit(&outgoing, Some((offsets, group))).await?;
             tracing::debug!(records = batch.len(), "batch committed");
         }
@@ -142,13 +158,23 @@ impl Worker {
     /// Processes one record into what the transaction must carry: its completion, and a
     /// dead letter when it could not be processed.
     async fn handle(&self, message: &OwnedMessage) -> Vec<OutgoingRecord> {
-        let origin = Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+        let origin = Position {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
         let record = match DocumentRecord::from_message(message) {
             Ok(record) => record,
             Err(error) => {
                 // Without its headers there is no ingestion to complete; keep the record.
                 tracing::error!(%error, ?origin, "malformed record sent to dead letters");
-                return vec![self.dead_letter(message, &origin, "malformed", &error.to_string(), 1)];
+                return vec![self.dead_letter(
+                    message,
+                    &origin,
+                    "malformed",
+                    &error.to_string(),
+                    1,
+                )];
             }
         };
         let mut attempts = 0;
@@ -172,13 +198,25 @@ impl Worker {
             Err(error) => {
                 tracing::warn!(ingestion_id = %record.ingestion_id, %error, attempts, "ingestion failed");
                 if error.is_transient() {
-                    outgoing.push(self.dead_letter(message, &origin, error.class(), &error.to_string(), attempts));
+                    outgoing.push(self.dead_letter(
+                        message,
+                        &origin,
+                        error.class(),
+                        &error.to_string(),
+                        attempts,
+                    ));
                 }
                 let reason = match &error {
-                    ProcessError::Transient(reason) => format!("gave up after {attempts} attempts: {reason}"),
+                    ProcessError::Transient(reason) => {
+                        format!("gave up after {attempts} attempts: {reason}")
+                    }
                     ProcessError::Rejected(reason) => reason.clone(),
                 };
-                Processed { outcome: Outcome::Failed, chunk_count: 0, failure_reason: Some(reason) }
+                Processed {
+                    outcome: Outcome::Failed,
+                    chunk_count: 0,
+                    failure_reason: Some(reason),
+                }
             }
         };
         let completion = Completion {
@@ -202,14 +240,28 @@ impl Worker {
         outgoing
     }
 
-    fn dead_letter(&self, message: &OwnedMessage, origin: &Position, class: &str, error: &str, attempts: u32) -> OutgoingRecord {
+    fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        origin: &Position,
+        class: &str,
+        error: &str,
+        attempts: u32,
+    ) -> OutgoingRecord {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for header in original.iter() {
-                headers = headers.insert(Header { key: header.key, value: header.value });
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
             }
         }
-        let (partition, offset, attempts) = (origin.partition.to_string(), origin.offset.to_string(), attempts.to_string());
+        let (partition, offset, attempts) = (
+            origin.partition.to_string(),
+            origin.offset.to_string(),
+            attempts.to_string(),
+        );
         for (key, value) in [
             (dead_letter_header::ORIGIN_TOPIC, origin.topic.as_str()),
             (dead_letter_header::ORIGIN_PARTITION, &partition),
@@ -218,11 +270,17 @@ impl Worker {
             (dead_letter_header::ERROR, error),
             (dead_letter_header::ATTEMPTS, &attempts),
         ] {
-            headers = headers.insert(Header { key, value: Some(value) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
         OutgoingRecord {
             topic: self.kafka.dead_letter_topic.clone(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
             payload: message.payload().unwrap_or_default().to_vec(),
             headers,
         }

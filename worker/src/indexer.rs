@@ -52,8 +52,18 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    pub fn new(schema: Arc<DocumentSchema>, chunker: Arc<Chunker>, embedder: Arc<Embedder>, store: Arc<dyn VectorStore>) -> Self {
-        Self { schema, chunker, embedder, store }
+    pub fn new(
+        schema: Arc<DocumentSchema>,
+        chunker: Arc<Chunker>,
+        embedder: Arc<Embedder>,
+        store: Arc<dyn VectorStore>,
+    ) -> Self {
+        Self {
+            schema,
+            chunker,
+            embedder,
+            store,
+        }
     }
 
     pub async fn process(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
@@ -71,7 +81,11 @@ impl Indexer {
             .into_iter()
             .zip(vectors)
             .enumerate()
-            .map(|(index, (text, vector))| Chunk { index: index as u32, text, vector })
+            .map(|(index, (text, vector))| Chunk {
+                index: index as u32,
+                text,
+                vector,
+            })
             .collect();
         let chunk_count = chunks.len() as u32;
         // Request attributes first; the schema's declared attributes win on a clash because
@@ -88,7 +102,11 @@ impl Indexer {
             })
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        Ok(Processed { outcome: Outcome::Indexed, chunk_count, failure_reason: None })
+        Ok(Processed {
+            outcome: Outcome::Indexed,
+            chunk_count,
+            failure_reason: None,
+        })
     }
 
     async fn delete(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
@@ -97,17 +115,36 @@ impl Indexer {
             .delete_document(record.tenant.as_str(), &record.document_id)
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        Ok(Processed { outcome: Outcome::Deleted, chunk_count: removed as u32, failure_reason: None })
+        Ok(Processed {
+            outcome: Outcome::Deleted,
+            chunk_count: removed as u32,
+            failure_reason: None,
+        })
     }
 
     /// Stage 1: the Avro payload → its text and declared attributes.
-    fn decode(&self, record: &DocumentRecord) -> Result<(String, std::collections::BTreeMap<String, String>), ProcessError> {
+    fn decode(
+        &self,
+        record: &DocumentRecord,
+    ) -> Result<(String, std::collections::BTreeMap<String, String>), ProcessError> {
         if record.schema_fingerprint != self.schema.fingerprint() {
-            return Err(ProcessError::Rejected(format!("unknown schema {}", record.schema_fingerprint)));
+            return Err(ProcessError::Rejected(format!(
+                "unknown schema {}",
+                record.schema_fingerprint
+            )));
         }
-        let content = self.schema.decode_binary(&record.payload).map_err(|violations| {
-            ProcessError::Rejected(violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-        })?;
+        let content = self
+            .schema
+            .decode_binary(&record.payload)
+            .map_err(|violations| {
+                ProcessError::Rejected(
+                    violations
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
         Ok((content.text, content.attributes))
     }
 

@@ -27,10 +27,22 @@ use sluice_core::vector::VectorStore;
 
 /// The indexer as configured: the default document schema, the model's own tokenizer for
 /// chunk sizes, and the given model and store.
-pub fn indexer_for(config: &Config, embedder: Arc<Embedder>, store: Arc<dyn VectorStore>) -> anyhow::Result<Indexer> {
+pub fn indexer_for(
+    config: &Config,
+    embedder: Arc<Embedder>,
+    store: Arc<dyn VectorStore>,
+) -> anyhow::Result<Indexer> {
     let chunker = Chunker::new(
         embedder.tokenizer(),
-        ChunkerOptions { max_tokens: config.chunking.max_tokens, overlap_tokens: config.chunking.overlap_tokens },
+        ChunkerOptions {
+            max_tokens: config.chunking.max_tokens,
+            overlap_tokens: config.chunking.overlap_tokens,
+        },
     )?;
-    Ok(Indexer::new(Arc::new(DocumentSchema::default_document()), Arc::new(chunker), embedder, store))
+    Ok(Indexer::new(
+        Arc::new(DocumentSchema::default_document()),
+        Arc::new(chunker),
+        embedder,
+        store,
+    ))
 }

@@ -48,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
     let model = config.model.clone();
     let embedder = std::sync::Arc::new(sluice_core::embed::Embedder::load(
         &model.dir,
-        sluice_core::embed::EmbedderOptions { max_batch: model.max_batch, ..Default::default() },
+        sluice_core::embed::EmbedderOptions {
+            max_batch: model.max_batch,
+            ..Default::default()
+        },
     )?);
     let store = sluice_core::vector::open(&config, embedder.dimension()).await?;
     sluice_core::kafka::ensure_topics(&config.kafka).await?;

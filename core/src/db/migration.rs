@@ -75,6 +75,8 @@ impl MigrationTrait for CreateIngestions {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Ingestions::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(Ingestions::Table).to_owned())
+            .await
     }
 }

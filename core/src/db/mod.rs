@@ -22,7 +22,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = path.split('?').next().unwrap_or_default();
         if let Some(parent) = std::path::Path::new(path).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| DbErr::Custom(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| DbErr::Custom(format!("{}: {e}", parent.display())))?;
         }
     }
     let mut options = ConnectOptions::new(url.to_owned());
@@ -33,7 +34,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = Database::connect(options).await?;
     if db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
         // WAL lets readers (GetIngestion) proceed while the completion consumer writes.
-        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;").await?;
+        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;")
+            .await?;
     }
     migration::Migrator::up(&db, None).await?;
     Ok(db)
@@ -55,17 +57,26 @@ pub mod testing {
 
     /// The server tests use: `SLUICE_TEST_POSTGRES_URL`, default the local one.
     pub fn postgres_server_url() -> String {
-        std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+        std::env::var("SLUICE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
     }
 
     /// Creates an empty database for one test and returns its URL. Panics (failing the test)
     /// when PostgreSQL is unreachable: the tests must run on both databases.
     pub async fn fresh_postgres_database() -> String {
         let server = postgres_server_url();
-        let admin = Database::connect(&server).await.unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
+        let admin = Database::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
         let name = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
-        let base = server.rsplit_once('/').map(|(base, _)| base).unwrap_or(&server);
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let base = server
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&server);
         format!("{base}/{name}")
     }
 }

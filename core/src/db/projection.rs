@@ -32,7 +32,11 @@ pub async fn record_accepted(db: &impl ConnectionTrait, rows: Vec<Model>) -> Res
         completed_at_ms: Set(row.completed_at_ms),
     });
     Entity::insert_many(models)
-        .on_conflict(OnConflict::column(Column::IngestionId).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(Column::IngestionId)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(db)
         .await?;
     Ok(())
@@ -48,14 +52,26 @@ pub fn outcome_state(outcome: Outcome) -> &'static str {
 
 /// Applies a completion. Returns the row when this call ended the ingestion, `None` when it
 /// had already ended (a duplicate delivery).
-pub async fn apply_completion(db: &impl ConnectionTrait, completion: &Completion) -> Result<Option<Model>, DbErr> {
+pub async fn apply_completion(
+    db: &impl ConnectionTrait,
+    completion: &Completion,
+) -> Result<Option<Model>, DbErr> {
     let state = outcome_state(completion.outcome);
     // Conditional on `accepted`, so of two deliveries (or two gateways) exactly one moves it.
     let moved = Entity::update_many()
         .col_expr(Column::State, Expr::value(state))
-        .col_expr(Column::ChunkCount, Expr::value(completion.chunk_count as i32))
-        .col_expr(Column::FailureReason, Expr::value(completion.failure_reason.clone()))
-        .col_expr(Column::CompletedAtMs, Expr::value(Some(completion.completed_at_ms)))
+        .col_expr(
+            Column::ChunkCount,
+            Expr::value(completion.chunk_count as i32),
+        )
+        .col_expr(
+            Column::FailureReason,
+            Expr::value(completion.failure_reason.clone()),
+        )
+        .col_expr(
+            Column::CompletedAtMs,
+            Expr::value(Some(completion.completed_at_ms)),
+        )
         .filter(Column::IngestionId.eq(&completion.ingestion_id))
         .filter(Column::Tenant.eq(&completion.tenant))
         .filter(Column::State.eq(ACCEPTED))
@@ -82,14 +98,22 @@ pub async fn apply_completion(db: &impl ConnectionTrait, completion: &Completion
         completed_at_ms: Some(completion.completed_at_ms),
     };
     let inserted = Entity::insert(ingestion::ActiveModel::from(row.clone()))
-        .on_conflict(OnConflict::column(Column::IngestionId).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(Column::IngestionId)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(db)
         .await?;
     Ok((inserted == 1).then_some(row))
 }
 
 /// One ingestion of one tenant; another tenant's id finds nothing.
-pub async fn get(db: &impl ConnectionTrait, tenant: &str, ingestion_id: &str) -> Result<Option<Model>, DbErr> {
+pub async fn get(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    ingestion_id: &str,
+) -> Result<Option<Model>, DbErr> {
     Entity::find_by_id(ingestion_id.to_owned())
         .filter(Column::Tenant.eq(tenant))
         .one(db)
@@ -97,7 +121,11 @@ pub async fn get(db: &impl ConnectionTrait, tenant: &str, ingestion_id: &str) ->
 }
 
 /// Several ingestions of one tenant, in no particular order.
-pub async fn get_many(db: &impl ConnectionTrait, tenant: &str, ingestion_ids: &[String]) -> Result<Vec<Model>, DbErr> {
+pub async fn get_many(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    ingestion_ids: &[String],
+) -> Result<Vec<Model>, DbErr> {
     Entity::find()
         .filter(Column::Tenant.eq(tenant))
         .filter(Column::IngestionId.is_in(ingestion_ids.iter().cloned()))
@@ -106,7 +134,11 @@ pub async fn get_many(db: &impl ConnectionTrait, tenant: &str, ingestion_ids: &[
 }
 
 /// Ingestions of one tenant created with any of these idempotency keys.
-pub async fn find_by_idempotency_keys(db: &impl ConnectionTrait, tenant: &str, keys: &[String]) -> Result<Vec<Model>, DbErr> {
+pub async fn find_by_idempotency_keys(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    keys: &[String],
+) -> Result<Vec<Model>, DbErr> {
     Entity::find()
         .filter(Column::Tenant.eq(tenant))
         .filter(Column::IdempotencyKey.is_in(keys.iter().cloned()))
@@ -146,32 +178,61 @@ mod tests {
             outcome,
             chunk_count: 3,
             failure_reason: None,
-            source: Position { topic: "t".into(), partition: 0, offset: 7 },
+            source: Position {
+                topic: "t".into(),
+                partition: 0,
+                offset: 7,
+            },
             accepted_at_ms: 1,
             completed_at_ms: 2,
         }
     }
 
     async fn exercise(db: sea_orm::DatabaseConnection) {
-        record_accepted(&db, vec![accepted("i1", "a")]).await.unwrap();
+        record_accepted(&db, vec![accepted("i1", "a")])
+            .await
+            .unwrap();
         // Recording twice is harmless.
-        record_accepted(&db, vec![accepted("i1", "a")]).await.unwrap();
+        record_accepted(&db, vec![accepted("i1", "a")])
+            .await
+            .unwrap();
 
-        let first = apply_completion(&db, &completion("i1", Outcome::Indexed)).await.unwrap();
-        assert_eq!(first.as_ref().map(|r| (r.state.as_str(), r.chunk_count)), Some((INDEXED, 3)));
+        let first = apply_completion(&db, &completion("i1", Outcome::Indexed))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.as_ref().map(|r| (r.state.as_str(), r.chunk_count)),
+            Some((INDEXED, 3))
+        );
         // A second delivery, even with another outcome, changes nothing and says so.
-        assert_eq!(apply_completion(&db, &completion("i1", Outcome::Failed)).await.unwrap(), None);
+        assert_eq!(
+            apply_completion(&db, &completion("i1", Outcome::Failed))
+                .await
+                .unwrap(),
+            None
+        );
         assert_eq!(get(&db, "a", "i1").await.unwrap().unwrap().state, INDEXED);
 
         // A completion that overtakes the gateway's record creates the row; the late
         // accepted record does not move it back.
-        assert!(apply_completion(&db, &completion("i2", Outcome::Indexed)).await.unwrap().is_some());
-        record_accepted(&db, vec![accepted("i2", "a")]).await.unwrap();
+        assert!(apply_completion(&db, &completion("i2", Outcome::Indexed))
+            .await
+            .unwrap()
+            .is_some());
+        record_accepted(&db, vec![accepted("i2", "a")])
+            .await
+            .unwrap();
         assert_eq!(get(&db, "a", "i2").await.unwrap().unwrap().state, INDEXED);
 
         // Tenants never see each other's rows.
         assert!(get(&db, "b", "i1").await.unwrap().is_none());
-        assert_eq!(get_many(&db, "a", &["i1".into(), "i2".into()]).await.unwrap().len(), 2);
+        assert_eq!(
+            get_many(&db, "a", &["i1".into(), "i2".into()])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
         assert!(get_many(&db, "b", &["i1".into()]).await.unwrap().is_empty());
     }
 

@@ -99,25 +99,37 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError>;
 
     /// Removes every chunk of the document; returns how many points it had. Idempotent.
-    async fn delete_document(&self, tenant: &str, document_id: &str)
-        -> Result<u64, VectorStoreError>;
+    async fn delete_document(
+        &self,
+        tenant: &str,
+        document_id: &str,
+    ) -> Result<u64, VectorStoreError>;
 
     /// Best chunks first, only from `query.tenant`.
     async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, VectorStoreError>;
 
     /// How many points one document has (tests and consistency checks use this).
-    async fn count_document(&self, tenant: &str, document_id: &str)
-        -> Result<u64, VectorStoreError>;
+    async fn count_document(
+        &self,
+        tenant: &str,
+        document_id: &str,
+    ) -> Result<u64, VectorStoreError>;
 
     /// Cheap liveness probe for `/healthz`.
     async fn health(&self) -> Result<(), VectorStoreError>;
 }
 
 /// Opens the configured store: qdrant-edge under `<data_dir>/vectors`, or a Qdrant server.
-pub async fn open(config: &crate::config::Config, dimension: usize) -> Result<std::sync::Arc<dyn VectorStore>, VectorStoreError> {
+pub async fn open(
+    config: &crate::config::Config,
+    dimension: usize,
+) -> Result<std::sync::Arc<dyn VectorStore>, VectorStoreError> {
     use crate::config::VectorStoreKind;
     Ok(match config.vector_store.kind {
-        VectorStoreKind::Edge => std::sync::Arc::new(edge::EdgeStore::open(&config.data_dir.join("vectors"), dimension)?),
+        VectorStoreKind::Edge => std::sync::Arc::new(edge::EdgeStore::open(
+            &config.data_dir.join("vectors"),
+            dimension,
+        )?),
         VectorStoreKind::Qdrant => std::sync::Arc::new(
             server::QdrantServerStore::connect(
                 &config.vector_store.url,
