@@ -2,7 +2,8 @@
 //!
 //! Sources, later ones winning: built-in defaults (documented on each field), a TOML file
 //! (`--config`, or `sluice.toml` when present), environment variables `SLUICE_<SECTION>__<KEY>`
-//! (e.g. `SLUICE_KAFKA__BOOTSTRAP_SERVERS`), then command-line flags. `deploy/sluice.example.toml`
+//! (e.g. `SLUICE_KAFKA__BOOTSTRAP_SERVERS`; `SLUICE_MODEL_DIR` for `model.dir`), then
+//! command-line flags. `deploy/sluice.example.toml`
 //! shows every key.
 
 use std::collections::BTreeMap;
@@ -158,7 +159,6 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
 }
 
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum VectorStoreKind {
@@ -279,7 +279,19 @@ impl Config {
             None => figment.merge(Toml::file("sluice.toml")),
         };
         figment
-            .merge(Env::prefixed("SLUICE_").split("__"))
+            // Only sectioned names (and data_dir): other SLUICE_* variables belong to the
+            // scripts (SLUICE_CACHE, SLUICE_DEV_*), not to the configuration.
+            .merge(
+                Env::prefixed("SLUICE_")
+                    .filter(|key| key.as_str().contains("__") || key == "data_dir")
+                    .split("__"),
+            )
+            // Where deploy/dev/install put the model, shared with the scripts and tests.
+            .merge(
+                Env::raw()
+                    .only(&["SLUICE_MODEL_DIR"])
+                    .map(|_| "model.dir".into()),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))
@@ -310,6 +322,8 @@ mod tests {
             )?;
             jail.set_env("SLUICE_KAFKA__BOOTSTRAP_SERVERS", "env:2");
             jail.set_env("SLUICE_GATEWAY__MAX_TOP_K", "6");
+            jail.set_env("SLUICE_MODEL_DIR", "/models/minilm");
+            jail.set_env("SLUICE_CACHE", "/not/configuration");
             let flags = serde_json::json!({ "gateway": { "max_top_k": 9 } });
             let config = Config::load(Some(Path::new("s.toml")), flags).expect("loads");
             assert_eq!(config.data_dir, PathBuf::from("/d"));
@@ -317,6 +331,7 @@ mod tests {
             assert_eq!(config.kafka.properties["linger.ms"], "7");
             assert_eq!(config.gateway.max_top_k, 9);
             assert_eq!(config.kafka.documents_partitions, 3);
+            assert_eq!(config.model.dir, PathBuf::from("/models/minilm"));
             Ok(())
         });
     }
