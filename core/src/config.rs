@@ -26,6 +26,8 @@ pub struct Config {
     pub vector_store: VectorStoreConfig,
     pub model: ModelConfig,
     pub chunking: ChunkingConfig,
+    pub tls: TlsConfig,
+    pub registry: RegistryConfig,
     pub log: LogConfig,
 }
 
@@ -40,6 +42,8 @@ impl Default for Config {
             vector_store: VectorStoreConfig::default(),
             model: ModelConfig::default(),
             chunking: ChunkingConfig::default(),
+            tls: TlsConfig::default(),
+            registry: RegistryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -95,8 +99,8 @@ pub struct GatewayConfig {
     /// Names this instance: its transactional.id is `sluice-gateway-<instance_id>`, so it must
     /// be unique per running gateway and stable across its restarts. Default: the host name.
     pub instance_id: String,
-    /// DEV ONLY: take the tenant from the `x-sluice-tenant` request header, no authentication.
-    /// Default false.
+    /// DEV ONLY: serve plaintext and take the tenant from the `x-sluice-tenant` request header,
+    /// with no authentication. Default false: TLS with client certificates ([`TlsConfig`]).
     pub dev_tenant_header: bool,
     /// Largest text accepted in one document, in bytes. Default 1 MiB.
     pub max_text_bytes: usize,
@@ -232,6 +236,53 @@ impl Default for ChunkingConfig {
     }
 }
 
+/// The gRPC port's TLS. Client certificates are required; each maps to a tenant (see
+/// `gateway/src/auth.rs`). The three files are re-read when they change, without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM bundle) that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// A client certificate with the URI SAN `spiffe://<trust_domain>/tenant/<id>` belongs to
+    /// tenant `<id>`. Default `sluice.local`.
+    pub trust_domain: String,
+    /// How often the files are checked for changes, in milliseconds. Default 2000.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            trust_domain: "sluice.local".into(),
+            reload_interval_ms: 2000,
+        }
+    }
+}
+
+/// The tenant registry (tenants, certificate bindings, revocations) lives in the database; each
+/// gateway keeps a copy and refreshes it, so changes reach every instance within seconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// How often the copy is refreshed, in milliseconds. Default 1000.
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval_ms: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -339,8 +390,14 @@ mod tests {
     #[test]
     fn the_example_file_states_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sluice.example.toml");
-        let config = Config::load(Some(&path), serde_json::json!({})).expect("example parses");
-        assert_eq!(config, Config::default());
+        // In a jail with no environment: the other tests set SLUICE_* variables, and the
+        // machine may have its own (SLUICE_MODEL_DIR).
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            let config = Config::load(Some(&path), serde_json::json!({})).expect("example parses");
+            assert_eq!(config, Config::default());
+            Ok(())
+        });
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`embed`]: sentence embeddings with candle (all-MiniLM-L6-v2).
 //! - [`vector`]: the vector store trait, embedded qdrant-edge and a Qdrant server.
 //! - [`db`]: the database (sea-orm): tenants and the ingestion projection of the log.
+//! - [`registry`]: the tenant registry: tenants, their state and quotas, certificate bindings,
+//!   revocations, and the audit trail of every change.
 //! - [`health`]: the dependency report behind `/healthz` and gRPC health.
 
 pub mod chunk;
@@ -22,6 +24,7 @@ pub mod health;
 pub mod kafka;
 pub mod proto;
 pub mod record;
+pub mod registry;
 pub mod schema;
 pub mod telemetry;
 pub mod tenant;

@@ -1,13 +1,15 @@
 //! Database schema, as sea-orm migrations applied in order at start.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{big_integer, big_integer_null, integer, string, string_null};
+use sea_orm_migration::schema::{
+    big_integer, big_integer_null, integer, pk_auto, string, string_null, text,
+};
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateIngestions)]
+        vec![Box::new(CreateIngestions), Box::new(CreateTenantRegistry)]
     }
 }
 
@@ -78,5 +80,163 @@ impl MigrationTrait for CreateIngestions {
         manager
             .drop_table(Table::drop().table(Ingestions::Table).to_owned())
             .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum Tenants {
+    Table,
+    Id,
+    Name,
+    State,
+    DocumentsPerSecond,
+    BytesPerSecond,
+    MaxPayloadBytes,
+    MaxWatchStreams,
+    MaxTopK,
+    CreatedAtMs,
+    UpdatedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum TenantCertificates {
+    Table,
+    Kind,
+    Value,
+    Tenant,
+    CreatedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum RevokedCertificates {
+    Table,
+    Kind,
+    Value,
+    Reason,
+    RevokedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum RegistryAudit {
+    Table,
+    Id,
+    AtMs,
+    Actor,
+    Action,
+    Tenant,
+    Detail,
+}
+
+/// The tenant registry (`crate::registry`): tenants with their quotas, the certificates that
+/// authenticate them, revoked certificates, and the audit trail of every change.
+struct CreateTenantRegistry;
+
+impl MigrationName for CreateTenantRegistry {
+    fn name(&self) -> &str {
+        "m20261201_000002_create_tenant_registry"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateTenantRegistry {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Quotas are 64-bit: PostgreSQL has no unsigned types, and u32 limits overflow i32.
+        manager
+            .create_table(
+                Table::create()
+                    .table(Tenants::Table)
+                    .if_not_exists()
+                    .col(string(Tenants::Id).primary_key())
+                    .col(string(Tenants::Name))
+                    .col(string(Tenants::State))
+                    .col(big_integer(Tenants::DocumentsPerSecond))
+                    .col(big_integer(Tenants::BytesPerSecond))
+                    .col(big_integer(Tenants::MaxPayloadBytes))
+                    .col(big_integer(Tenants::MaxWatchStreams))
+                    .col(big_integer(Tenants::MaxTopK))
+                    .col(big_integer(Tenants::CreatedAtMs))
+                    .col(big_integer(Tenants::UpdatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        // (kind, value) is the key: one certificate identity authenticates at most one tenant.
+        manager
+            .create_table(
+                Table::create()
+                    .table(TenantCertificates::Table)
+                    .if_not_exists()
+                    .col(string(TenantCertificates::Kind))
+                    .col(string(TenantCertificates::Value))
+                    .col(string(TenantCertificates::Tenant))
+                    .col(big_integer(TenantCertificates::CreatedAtMs))
+                    .primary_key(
+                        Index::create()
+                            .col(TenantCertificates::Kind)
+                            .col(TenantCertificates::Value),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("tenant_certificates_tenant")
+                            .from(TenantCertificates::Table, TenantCertificates::Tenant)
+                            .to(Tenants::Table, Tenants::Id),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("tenant_certificates_by_tenant")
+                    .table(TenantCertificates::Table)
+                    .col(TenantCertificates::Tenant)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(RevokedCertificates::Table)
+                    .if_not_exists()
+                    .col(string(RevokedCertificates::Kind))
+                    .col(string(RevokedCertificates::Value))
+                    .col(string(RevokedCertificates::Reason))
+                    .col(big_integer(RevokedCertificates::RevokedAtMs))
+                    .primary_key(
+                        Index::create()
+                            .col(RevokedCertificates::Kind)
+                            .col(RevokedCertificates::Value),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(RegistryAudit::Table)
+                    .if_not_exists()
+                    .col(pk_auto(RegistryAudit::Id))
+                    .col(big_integer(RegistryAudit::AtMs))
+                    .col(string(RegistryAudit::Actor))
+                    .col(string(RegistryAudit::Action))
+                    .col(string_null(RegistryAudit::Tenant))
+                    .col(text(RegistryAudit::Detail))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            RegistryAudit::Table.into_iden(),
+            RevokedCertificates::Table.into_iden(),
+            TenantCertificates::Table.into_iden(),
+            Tenants::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }
