@@ -1,40 +1,168 @@
-//! Which tenant a request acts for.
+//! Which tenant a request acts for, and whether it may.
 //!
-//! Until mTLS lands, the only mode is the development one: the tenant is whatever the
-//! `x-sluice-tenant` header says, with no authentication. The server refuses to start without
-//! it being switched on explicitly, and says so loudly when it is.
+//! Normally the tenant comes from the client certificate the TLS handshake verified
+//! ([`crate::tls`]): a URI SAN `spiffe://<trust-domain>/tenant/<id>` names it, or else a binding
+//! in the registry of the certificate's fingerprint, subject or a SAN. The certificate must not
+//! be revoked and the tenant must be registered and active. Each refusal says which of these it
+//! was, to the client and in the server's log.
+//!
+//! The development mode (`gateway.dev_tenant_header`) serves plaintext and takes the tenant from
+//! the `x-sluice-tenant` header, unauthenticated; the server announces it loudly at start.
 
+use sluice_core::registry::{Quotas, TenantState};
 use sluice_core::tenant::TenantId;
 use tonic::{Request, Status};
+
+use crate::directory::TenantDirectory;
+use crate::pki::CertificateIdentity;
 
 /// The request header naming the tenant in development mode.
 pub const TENANT_HEADER: &str = "x-sluice-tenant";
 
+/// Who is calling: the tenant, and the quotas in force for it right now.
 #[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: TenantId,
+    pub quotas: Quotas,
+}
+
+#[derive(Clone)]
+enum Mode {
+    DevHeader,
+    ClientCertificate { trust_domain: String },
+}
+
+#[derive(Clone)]
 pub struct Authenticator {
-    dev_tenant_header: bool,
+    mode: Mode,
+    directory: TenantDirectory,
 }
 
 impl Authenticator {
-    pub fn new(dev_tenant_header: bool) -> Self {
-        Self { dev_tenant_header }
+    /// Tenants from verified client certificates.
+    pub fn client_certificate(directory: TenantDirectory, trust_domain: &str) -> Self {
+        Self {
+            mode: Mode::ClientCertificate {
+                trust_domain: trust_domain.to_owned(),
+            },
+            directory,
+        }
     }
 
-    /// The caller's tenant, or UNAUTHENTICATED saying what is missing.
-    pub fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, Status> {
-        if !self.dev_tenant_header {
-            return Err(Status::unauthenticated(
-                "no authentication is configured on this gateway",
-            ));
+    /// DEVELOPMENT ONLY: tenants from the `x-sluice-tenant` header.
+    pub fn dev_header(directory: TenantDirectory) -> Self {
+        Self {
+            mode: Mode::DevHeader,
+            directory,
         }
-        let value = request.metadata().get(TENANT_HEADER).ok_or_else(|| {
-            Status::unauthenticated(format!(
-                "missing the {TENANT_HEADER} header (development mode)"
-            ))
-        })?;
-        let value = value
-            .to_str()
-            .map_err(|_| Status::unauthenticated(format!("{TENANT_HEADER} is not ASCII")))?;
-        TenantId::parse(value).map_err(|e| Status::unauthenticated(e.to_string()))
     }
+
+    /// The caller, or UNAUTHENTICATED / PERMISSION_DENIED saying why not.
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let snapshot = self.directory.snapshot();
+        let tenant = match &self.mode {
+            Mode::DevHeader => {
+                let tenant = header_tenant(request)?;
+                // Unregistered tenants are welcome in development, with the default quotas.
+                if !snapshot.tenants.contains_key(&tenant) {
+                    return Ok(Caller {
+                        tenant,
+                        quotas: Quotas::default(),
+                    });
+                }
+                tenant
+            }
+            Mode::ClientCertificate { trust_domain } => {
+                let certificates = request.peer_certs().ok_or_else(|| {
+                    refuse(Status::unauthenticated(
+                        "no client certificate was presented",
+                    ))
+                })?;
+                let leaf = certificates.first().ok_or_else(|| {
+                    refuse(Status::unauthenticated(
+                        "no client certificate was presented",
+                    ))
+                })?;
+                let identity = CertificateIdentity::from_der(leaf.as_ref()).map_err(|e| {
+                    refuse(Status::unauthenticated(format!(
+                        "the client certificate cannot be read: {e:#}"
+                    )))
+                })?;
+                if identity
+                    .revocations()
+                    .iter()
+                    .any(|r| snapshot.is_revoked(r))
+                {
+                    return Err(refuse(Status::unauthenticated(format!(
+                        "the client certificate (serial {}) has been revoked",
+                        identity.serial
+                    ))));
+                }
+                tenant_of(&identity, trust_domain, &snapshot)?
+            }
+        };
+        let Some(registered) = snapshot.tenants.get(&tenant) else {
+            return Err(refuse(Status::permission_denied(format!(
+                "tenant {tenant} is not registered"
+            ))));
+        };
+        if registered.state == TenantState::Suspended {
+            return Err(refuse(Status::permission_denied(format!(
+                "tenant {tenant} is suspended"
+            ))));
+        }
+        Ok(Caller {
+            tenant,
+            quotas: registered.quotas,
+        })
+    }
+
+    /// The caller's tenant (for calls that need nothing else).
+    pub fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, Status> {
+        self.caller(request).map(|caller| caller.tenant)
+    }
+}
+
+/// The tenant a verified certificate belongs to: its SPIFFE id in our trust domain, else the
+/// first of its fingerprint, subject and SANs that the registry binds to a tenant.
+fn tenant_of(
+    identity: &CertificateIdentity,
+    trust_domain: &str,
+    snapshot: &sluice_core::registry::RegistrySnapshot,
+) -> Result<TenantId, Status> {
+    if let Some(id) = identity.spiffe_tenant(trust_domain) {
+        return TenantId::parse(&id).map_err(|e| {
+            refuse(Status::permission_denied(format!(
+                "the client certificate's SPIFFE id names no valid tenant: {e}"
+            )))
+        });
+    }
+    identity
+        .bindings()
+        .iter()
+        .find_map(|binding| snapshot.tenant_for(binding).cloned())
+        .ok_or_else(|| {
+            refuse(Status::permission_denied(format!(
+                "the client certificate (subject \"{}\", fingerprint {}) is bound to no tenant",
+                identity.subject, identity.fingerprint
+            )))
+        })
+}
+
+fn header_tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
+    let value = request.metadata().get(TENANT_HEADER).ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "missing the {TENANT_HEADER} header (development mode)"
+        ))
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated(format!("{TENANT_HEADER} is not ASCII")))?;
+    TenantId::parse(value).map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// Logs a refusal (operators need to know why a client is turned away) and passes it on.
+fn refuse(status: Status) -> Status {
+    tracing::warn!(code = ?status.code(), reason = status.message(), "request refused");
+    status
 }

@@ -64,9 +64,9 @@ pub fn spawn(
                 tracing::warn!(%error, "cannot store completion offset");
             }
         }
-        if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            tracing::debug!(%error, "final completion offset commit");
-        }
+        // Closing commits the stored offsets and leaves the group; it blocks (up to librdkafka's
+        // timeouts when the broker is gone), so not on an async thread.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         tracing::info!("completion consumer stopped");
     }))
 }

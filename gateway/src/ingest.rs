@@ -1,9 +1,11 @@
 //! `sluice.v1.IngestService`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use prost::Message;
 use sea_orm::DatabaseConnection;
 use sluice_core::db::{ingestion, projection};
 use sluice_core::proto::ingest_service_server::IngestService;
@@ -23,6 +25,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::appender::Appender;
 use crate::auth::Authenticator;
 use crate::hub::{is_terminal, Hub, TenantEvent};
+use crate::quota::QuotaGate;
 use crate::status::{self, invalid_argument, Violation};
 use crate::validate::{self, Validator};
 
@@ -34,6 +37,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 pub struct IngestApi {
     pub auth: Authenticator,
+    pub quotas: Arc<QuotaGate>,
     pub validator: Validator,
     pub appender: Appender,
     pub db: DatabaseConnection,
@@ -201,7 +205,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
-        let tenant = self.auth.tenant(&request)?;
+        let caller = self.auth.caller(&request)?;
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
@@ -209,6 +213,10 @@ impl IngestService for IngestApi {
         let document = request
             .document
             .ok_or_else(|| invalid_argument(&[Violation::new("document", "required")]))?;
+        let size = document.encoded_len();
+        self.quotas.payload_size(&caller, "document", size)?;
+        self.quotas.admit(&caller, 1, size)?;
+        let tenant = caller.tenant;
         let record = self
             .validator
             .document(&tenant, document, "document")
@@ -225,7 +233,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<IngestBatchRequest>,
     ) -> Result<Response<IngestBatchResponse>, Status> {
-        let tenant = self.auth.tenant(&request)?;
+        let caller = self.auth.caller(&request)?;
         let request = request.into_inner();
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
             .map_err(|v| invalid_argument(&v))?;
@@ -239,6 +247,15 @@ impl IngestService for IngestApi {
                 ),
             )]));
         }
+        let mut total = 0;
+        for (i, document) in request.documents.iter().enumerate() {
+            let size = document.encoded_len();
+            self.quotas
+                .payload_size(&caller, &format!("documents[{i}]"), size)?;
+            total += size;
+        }
+        self.quotas.admit(&caller, count, total)?;
+        let tenant = caller.tenant;
         // Validate everything first: one bad document rejects the whole batch, naming it.
         let mut records = Vec::with_capacity(count);
         let mut violations = Vec::new();
@@ -270,7 +287,10 @@ impl IngestService for IngestApi {
         &self,
         request: Request<DeleteDocumentRequest>,
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
-        let tenant = self.auth.tenant(&request)?;
+        let caller = self.auth.caller(&request)?;
+        // A deletion travels through Kafka like a document, so it counts as one.
+        self.quotas.admit(&caller, 1, 0)?;
+        let tenant = caller.tenant;
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
@@ -313,7 +333,10 @@ impl IngestService for IngestApi {
         &self,
         request: Request<WatchIngestionsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let tenant = self.auth.tenant(&request)?;
+        let caller = self.auth.caller(&request)?;
+        // Held for as long as the stream is open.
+        let permit = self.quotas.open_watch(&caller)?;
+        let tenant = caller.tenant;
         let ids = request.into_inner().ingestion_ids;
         // Subscribe first, then read the current state: nothing can fall in between.
         let mut events = self.hub.subscribe();
@@ -352,6 +375,7 @@ impl IngestService for IngestApi {
         let watch_all = ids.is_empty();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             for event in snapshot {
                 if sender.send(Ok(event)).await.is_err() {
                     return;

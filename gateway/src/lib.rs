@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! - [`server`]: assembles everything below and runs it, with graceful shutdown.
-//! - [`auth`]: which tenant a request acts for.
+//! - [`tls`]: the gRPC port's TLS, client certificates required, reloaded without a restart.
+//! - [`auth`]: which tenant a request acts for (its client certificate), and whether it may.
+//! - [`directory`]: the gateway's copy of the tenant registry, refreshed every second or so.
+//! - [`quota`]: per-tenant rates and limits, so one tenant cannot slow another.
 //! - [`validate`]: requests → document records, or `INVALID_ARGUMENT` naming each bad field.
 //! - [`appender`]: writes records to Kafka in transactions; concurrent requests share one
 //!   (group commit), and a caller hears OK only after its transaction committed.
@@ -12,17 +15,24 @@
 //! - [`health`]: gRPC health and the HTTP `/healthz` dependency report.
 //! - [`status`]: errors → gRPC statuses with google.rpc details.
 //! - [`standalone`]: the worker in the same process, sharing the embedded vector store.
+//! - [`pki`]: development certificates (rcgen) and reading certificates' identities.
+//! - [`admin`]: the `sluice-admin` command line: tenants, quotas, certificates, audit.
 
+pub mod admin;
 pub mod appender;
 pub mod auth;
 pub mod completions;
+pub mod directory;
 pub mod health;
 pub mod hub;
 pub mod ingest;
+pub mod pki;
+pub mod quota;
 pub mod search;
 pub mod server;
 pub mod standalone;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 pub use server::{Gateway, RunningGateway};

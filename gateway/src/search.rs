@@ -9,6 +9,7 @@ use sluice_core::vector::{VectorQuery, VectorStore};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
+use crate::quota::QuotaGate;
 use crate::status::{invalid_argument, Violation};
 use crate::validate::attribute_key;
 
@@ -18,6 +19,7 @@ pub const MAX_QUERY_BYTES: usize = 4096;
 
 pub struct SearchApi {
     pub auth: Authenticator,
+    pub quotas: Arc<QuotaGate>,
     pub embedder: Arc<Embedder>,
     pub store: Arc<dyn VectorStore>,
     pub max_top_k: u32,
@@ -29,7 +31,9 @@ impl SearchService for SearchApi {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
-        let tenant = self.auth.tenant(&request)?;
+        let caller = self.auth.caller(&request)?;
+        self.quotas.top_k(&caller, request.get_ref().top_k)?;
+        let tenant = caller.tenant;
         let request = request.into_inner();
         let mut violations = Vec::new();
         if request.query.trim().is_empty() {

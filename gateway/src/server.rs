@@ -1,12 +1,13 @@
 //! Assembles the gateway and runs it until shutdown.
 //!
-//! Start order: Kafka topics → transactional producer → appender → completion consumer →
+//! Start order: tenant registry and TLS files → Kafka topics → transactional producer → appender → completion consumer →
 //! gRPC and HTTP listeners. Shutdown runs the other way: listeners stop taking calls and
 //! finish the ones in flight (including their transactions), then the completion consumer and
 //! the appender stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
@@ -15,6 +16,7 @@ use sluice_core::embed::Embedder;
 use sluice_core::kafka::{ensure_topics, TransactionalProducer};
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
+use sluice_core::registry::Registry;
 use sluice_core::schema::DocumentSchema;
 use sluice_core::vector::VectorStore;
 use tokio::net::TcpListener;
@@ -25,10 +27,13 @@ use tokio_util::sync::CancellationToken;
 use crate::appender::{self, Appender};
 use crate::auth::{Authenticator, TENANT_HEADER};
 use crate::completions;
+use crate::directory::TenantDirectory;
 use crate::health::HealthChecker;
 use crate::hub::Hub;
 use crate::ingest::IngestApi;
+use crate::quota::QuotaGate;
 use crate::search::SearchApi;
+use crate::tls::{ReloadingTls, TlsFiles};
 use crate::validate::Validator;
 
 /// What the gateway shares with a worker in the same process: the model, the vector store and
@@ -86,14 +91,34 @@ pub struct RunningGateway {
 
 impl Gateway {
     pub async fn start(config: &Config, shared: Shared) -> anyhow::Result<RunningGateway> {
-        let authenticator = if config.gateway.dev_tenant_header {
+        let shutdown = CancellationToken::new();
+        let directory = TenantDirectory::load(Registry::new(shared.db.clone()))
+            .await
+            .context("reading the tenant registry")?;
+        let directory_task = directory.spawn_refresher(
+            Duration::from_millis(config.registry.refresh_interval_ms.max(100)),
+            shutdown.clone(),
+        );
+        let (authenticator, tls) = if config.gateway.dev_tenant_header {
             tracing::warn!(
-                "DEVELOPMENT MODE: no authentication; the tenant is taken from the {TENANT_HEADER} header. Never expose this gateway."
+                "DEVELOPMENT MODE: plaintext, no authentication; the tenant is taken from the {TENANT_HEADER} header. Never expose this gateway."
             );
-            Authenticator::new(true)
+            (Authenticator::dev_header(directory), None)
         } else {
-            anyhow::bail!("no client authentication configured: set gateway.dev_tenant_header = true (development only)");
+            let tls = ReloadingTls::load(TlsFiles::from_config(&config.tls)?)?;
+            (
+                Authenticator::client_certificate(directory, &config.tls.trust_domain),
+                Some(tls),
+            )
         };
+        let mut background = vec![directory_task];
+        if let Some(tls) = &tls {
+            background.push(tls.clone().spawn_reloader(
+                Duration::from_millis(config.tls.reload_interval_ms.max(100)),
+                shutdown.clone(),
+            ));
+        }
+        let quotas = Arc::new(QuotaGate::new());
 
         ensure_topics(&config.kafka)
             .await
@@ -111,7 +136,6 @@ impl Gateway {
             config.gateway.max_records_per_transaction,
         );
 
-        let shutdown = CancellationToken::new();
         let hub = Hub::new(4096);
         let completions = completions::spawn(
             config.kafka.clone(),
@@ -124,6 +148,7 @@ impl Gateway {
         let schema = Arc::new(DocumentSchema::default_document());
         let ingest = IngestApi {
             auth: authenticator.clone(),
+            quotas: quotas.clone(),
             validator: Validator::new(schema, &config.gateway),
             appender: appender.clone(),
             db: shared.db.clone(),
@@ -133,6 +158,7 @@ impl Gateway {
         };
         let search = SearchApi {
             auth: authenticator,
+            quotas,
             embedder: shared.embedder.clone(),
             store: shared.store.clone(),
             max_top_k: config.gateway.max_top_k,
@@ -170,20 +196,31 @@ impl Gateway {
             .with_context(|| format!("binding {}", config.gateway.health_listen))?;
         let health_addr = health_listener.local_addr()?;
 
-        let grpc = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(
                 IngestServiceServer::new(ingest).max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .add_service(SearchServiceServer::new(search))
             .add_service(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
-                shutdown.clone().cancelled_owned(),
-            );
+            .add_service(reflection_v1alpha);
+        let stop = shutdown.clone();
         let grpc = tokio::spawn(async move {
-            if let Err(error) = grpc.await {
+            let served = match tls {
+                Some(tls) => {
+                    let incoming = crate::tls::incoming(grpc_listener, tls, stop.clone());
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                }
+                None => {
+                    let incoming = TcpListenerStream::new(grpc_listener);
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                }
+            };
+            if let Err(error) = served {
                 tracing::error!(%error, "gRPC server failed");
             }
         });
@@ -201,7 +238,10 @@ impl Gateway {
             health_addr,
             shutdown,
             servers: vec![grpc, http],
-            background: vec![completions, health_driver, appender_task],
+            background: {
+                background.extend([completions, health_driver, appender_task]);
+                background
+            },
             appender: Some(appender),
         })
     }
