@@ -171,7 +171,7 @@ mod tests {
         let chunks = chunker.split(&long_text(" "));
         assert!(chunks.len() >= 4, "only {} chunks", chunks.len());
         for pair in chunks.windows(2) {
-            // The next chunk starts inside the previous one: a suffix of one is a prefix of the other.
+            // The next chunk starts inside the previous one: a suffix of it begins the next.
             let shared = (1..=pair[1].len())
                 .filter(|&n| pair[1].is_char_boundary(n))
                 .filter(|&n| pair[0].ends_with(&pair[1][..n]))

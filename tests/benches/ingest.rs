@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::{IngestBatchRequest, IngestRequest};
+use sluice_core::registry::{Quotas, Registry};
 use sluice_gateway::server::{Gateway, Shared};
-use sluice_tests::{as_tenant, document, test_config, Broker, Database};
+use sluice_tests::{as_tenant, document, tenant_id, test_config, Broker, Database};
 
 const CALLS_PER_LEVEL: usize = 400;
 
@@ -24,6 +25,20 @@ async fn main() {
     let shared = Shared::open(&config)
         .await
         .expect("open model, store, database");
+    // Quotas high enough that the gateway, not the tenant's rate limit, is what is measured.
+    Registry::new(shared.db.clone())
+        .create_tenant(
+            "bench",
+            &tenant_id("bench"),
+            "benchmark",
+            Quotas {
+                documents_per_second: 1_000_000,
+                bytes_per_second: 1 << 40,
+                ..Quotas::default()
+            },
+        )
+        .await
+        .expect("register the bench tenant");
     let gateway = Gateway::start(&config, shared)
         .await
         .expect("start gateway");

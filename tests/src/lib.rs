@@ -5,7 +5,9 @@
 //!   SQLite on disk for restart tests).
 //! - [`Database`]: SQLite in a temporary directory, or a fresh PostgreSQL database.
 //! - [`Stack`]: broker + database + Sluice standalone (gateway and worker in this process, the
-//!   real model, the embedded vector store), with gRPC clients that act for a tenant.
+//!   real model, the embedded vector store), with gRPC clients that act for a tenant: through
+//!   the development header ([`Stack::start`]) or over mTLS ([`Stack::start_tls`]).
+//! - [`TestPki`]: a CA, the gateway's certificate and client certificates, made with rcgen.
 //! - Tool paths ([`grpcurl`]) and small helpers to build documents and wait for events.
 //!
 //! Everything it needs is installed by `deploy/dev/install` (the test command runs it first);
@@ -20,8 +22,11 @@ use sluice_core::config::Config;
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::search_service_client::SearchServiceClient;
 use sluice_core::proto::{document::Payload, Document, Ingestion, IngestionState};
+use sluice_core::registry::{Quotas, Registry};
+use sluice_core::tenant::TenantId;
+use sluice_gateway::pki::{Authority, CertSpec, Issued};
 use sluice_gateway::standalone::Standalone;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Where `deploy/dev/install` caches things.
 pub fn cache_dir() -> PathBuf {
@@ -205,17 +210,53 @@ pub struct Stack {
     pub config: Config,
     pub broker: Broker,
     pub data_dir: tempfile::TempDir,
+    /// Set by [`Stack::start_tls`].
+    pub pki: Option<TestPki>,
 }
 
 impl Stack {
+    /// Development mode: plaintext, tenants from the `x-sluice-tenant` header ([`as_tenant`]).
     pub async fn start(database: Database) -> Stack {
-        sluice_core::telemetry::init(&sluice_core::config::LogConfig {
-            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            ..Default::default()
-        });
+        let (broker, data_dir, config) = Self::prepare(database).await;
+        Self::launch(broker, data_dir, config, None).await
+    }
+
+    /// mTLS, as in production: `tenants` are registered (active, default quotas) and
+    /// [`Stack::client_channel`] connects with a certificate for one of them.
+    pub async fn start_tls(database: Database, tenants: &[&str]) -> Stack {
+        let (broker, data_dir, mut config) = Self::prepare(database).await;
+        let pki = TestPki::create(&data_dir.path().join("tls"));
+        config.gateway.dev_tenant_header = false;
+        config.tls.cert = Some(pki.dir.join("server.pem"));
+        config.tls.key = Some(pki.dir.join("server-key.pem"));
+        config.tls.client_ca = Some(pki.dir.join("ca.pem"));
+        config.tls.reload_interval_ms = 200;
+        config.registry.refresh_interval_ms = 200;
+        let registry = registry(&config).await;
+        for tenant in tenants {
+            registry
+                .create_tenant("tests", &tenant_id(tenant), tenant, Quotas::default())
+                .await
+                .expect("create tenant");
+        }
+        Self::launch(broker, data_dir, config, Some(pki)).await
+    }
+
+    /// A broker, a data dir and the test configuration for them.
+    async fn prepare(database: Database) -> (Broker, tempfile::TempDir, Config) {
+        init_logs();
         let broker = Broker::start().await;
         let data_dir = tempfile::tempdir().expect("tempdir");
         let config = test_config(&broker, data_dir.path(), database).await;
+        (broker, data_dir, config)
+    }
+
+    async fn launch(
+        broker: Broker,
+        data_dir: tempfile::TempDir,
+        config: Config,
+        pki: Option<TestPki>,
+    ) -> Stack {
         let standalone = Standalone::start(&config)
             .await
             .expect("start sluice standalone");
@@ -224,7 +265,54 @@ impl Stack {
             config,
             broker,
             data_dir,
+            pki,
         }
+    }
+
+    pub fn pki(&self) -> &TestPki {
+        self.pki.as_ref().expect("started with start_tls")
+    }
+
+    /// A channel presenting `identity` (None: no client certificate); the error when the
+    /// gateway refuses the handshake.
+    pub async fn tls_channel(
+        &self,
+        identity: Option<&Issued>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.tls_channel_with_ca(&self.pki().ca.cert_pem(), identity)
+            .await
+    }
+
+    /// Like [`Stack::tls_channel`], trusting `ca_pem` for the gateway's certificate.
+    pub async fn tls_channel_with_ca(
+        &self,
+        ca_pem: &str,
+        identity: Option<&Issued>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some(issued) = identity {
+            tls = tls.identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem));
+        }
+        Channel::from_shared(format!("https://{}", self.standalone().gateway.grpc_addr))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// A channel acting for `tenant`, with a fresh certificate naming it (SPIFFE URI SAN).
+    pub async fn client_channel(&self, tenant: &str) -> Channel {
+        let issued = self.pki().client(tenant);
+        self.tls_channel(Some(&issued))
+            .await
+            .expect("mTLS connection")
+    }
+
+    /// The registry in this stack's database (for changing tenants under a running gateway).
+    pub async fn registry(&self) -> Registry {
+        registry(&self.config).await
     }
 
     pub fn standalone(&self) -> &Standalone {
@@ -259,6 +347,71 @@ impl Stack {
         if let Some(standalone) = self.standalone.take() {
             standalone.shutdown().await;
         }
+    }
+}
+
+fn init_logs() {
+    sluice_core::telemetry::init(&sluice_core::config::LogConfig {
+        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ..Default::default()
+    });
+}
+
+async fn registry(config: &Config) -> Registry {
+    let db = sluice_core::db::connect(&config.database_url())
+        .await
+        .expect("database");
+    Registry::new(db)
+}
+
+pub fn tenant_id(id: &str) -> TenantId {
+    TenantId::parse(id).expect("valid tenant id")
+}
+
+/// A CA (written to `ca.pem`, the gateway's client CA bundle), the gateway's certificate
+/// (`server.pem`, `server-key.pem`, for localhost and 127.0.0.1) and client certificates.
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub ca: Authority,
+    pub trust_domain: String,
+}
+
+impl TestPki {
+    pub fn create(dir: &Path) -> TestPki {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let pki = TestPki {
+            dir: dir.to_owned(),
+            ca: Authority::generate("Sluice test CA", Duration::from_secs(86_400)).expect("CA"),
+            trust_domain: "sluice.local".into(),
+        };
+        pki.install(&pki.ca);
+        pki
+    }
+
+    /// Makes `ca` the gateway's client CA and has it sign a new server certificate; the
+    /// gateway picks both up on its next reload.
+    pub fn install(&self, ca: &Authority) {
+        let server = ca
+            .issue(&CertSpec::server(
+                &["localhost", "127.0.0.1"],
+                Duration::from_secs(86_400),
+            ))
+            .expect("server certificate");
+        // The key first, the bundle last: a reload seeing half of it keeps the old files.
+        std::fs::write(self.dir.join("server-key.pem"), &server.key_pem).unwrap();
+        std::fs::write(self.dir.join("server.pem"), &server.cert_pem).unwrap();
+        std::fs::write(self.dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    }
+
+    /// A client certificate for `tenant` (URI SAN spiffe://sluice.local/tenant/<tenant>).
+    pub fn client(&self, tenant: &str) -> Issued {
+        self.ca
+            .issue(&CertSpec::client_for_tenant(
+                &self.trust_domain,
+                &tenant_id(tenant),
+                Duration::from_secs(3600),
+            ))
+            .expect("client certificate")
     }
 }
 

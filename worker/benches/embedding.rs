@@ -60,7 +60,8 @@ fn main() -> anyhow::Result<()> {
         model_dir.display()
     );
     println!(
-        "loaded in {:.2} s; {threads} threads; {POOL} distinct chunks of {TOKENS_PER_CHUNK} tokens ([CLS] and [SEP] included)",
+        "loaded in {:.2} s; {threads} threads; {POOL} distinct chunks of {TOKENS_PER_CHUNK} tokens \
+         ([CLS] and [SEP] included)",
         loaded_in.as_secs_f64()
     );
     println!();

@@ -7,6 +7,7 @@
 //! again, which is harmless because indexing is idempotent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -100,12 +101,24 @@ impl Worker {
 
     /// One consumer and one producer, until shutdown (Ok) or a failed transaction (Err).
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let consumer: StreamConsumer = read_committed_consumer(
+        let consumer: Arc<StreamConsumer> = Arc::new(read_committed_consumer(
             &self.kafka,
             &self.settings.group_id,
             &[],
             DefaultConsumerContext,
-        )?;
+        )?);
+        let result = self.consume(&consumer, shutdown).await;
+        // Leaving the group blocks (up to librdkafka's timeouts when the broker is gone), so
+        // not on an async thread.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        result
+    }
+
+    async fn consume(
+        &self,
+        consumer: &StreamConsumer,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         consumer.subscribe(&[self.kafka.documents_topic.as_str()])?;
         let transactional_id = format!("sluice-worker-{}", self.settings.instance_id);
         let producer =

@@ -1,0 +1,102 @@
+//! Fairness: tenant A sends at ten times its quota while tenant B's Ingest latency stays within
+//! twice its baseline. A test binary of its own, so no other test shares the two cores while it
+//! measures.
+
+use std::time::{Duration, Instant};
+
+use sluice_core::proto::ingest_service_client::IngestServiceClient;
+use sluice_core::proto::IngestRequest;
+use sluice_core::registry::QuotaUpdate;
+use sluice_tests::{document, tenant_id, Database, Stack};
+use tonic::Code;
+
+fn note(id: &str) -> IngestRequest {
+    IngestRequest {
+        document: Some(document(id, id, "A short note about quotas.")),
+        ..Default::default()
+    }
+}
+
+/// Tenant A sends at ten times its quota; tenant B's Ingest latency stays within twice its
+/// baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_slow_another() {
+    const A_QUOTA: u32 = 10;
+    let stack = Stack::start_tls(Database::Sqlite, &["tenant-a", "tenant-b"]).await;
+    let registry = stack.registry().await;
+    registry
+        .set_quotas(
+            "tests",
+            &tenant_id("tenant-a"),
+            QuotaUpdate {
+                documents_per_second: Some(A_QUOTA),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let a = IngestServiceClient::new(stack.client_channel("tenant-a").await);
+    let mut b = IngestServiceClient::new(stack.client_channel("tenant-b").await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    async fn median_latency(
+        client: &mut IngestServiceClient<tonic::transport::Channel>,
+        label: &str,
+    ) -> Duration {
+        let mut latencies = Vec::new();
+        for i in 0..31 {
+            let started = Instant::now();
+            client
+                .ingest(note(&format!("{label}-{i}")))
+                .await
+                .expect("tenant B is never refused");
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        latencies[latencies.len() / 2]
+    }
+
+    let warmup = median_latency(&mut b, "warmup").await;
+    let baseline = median_latency(&mut b, "baseline").await;
+
+    // A: 100 documents a second (ten times its quota) for as long as B measures.
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u32;
+        let mut refused = 0u32;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut in_flight = tokio::task::JoinSet::new();
+        while started.elapsed() < Duration::from_secs(6) {
+            tick.tick().await;
+            let mut a = a.clone();
+            let id = format!("flood-{sent}");
+            in_flight.spawn(async move { a.ingest(note(&id)).await.map(|_| ()) });
+            sent += 1;
+        }
+        while let Some(result) = in_flight.join_next().await {
+            if let Err(status) = result.expect("task") {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+        (sent, refused)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let under_flood = median_latency(&mut b, "flooded").await;
+    let (sent, refused) = flood.await.unwrap();
+
+    println!(
+        "tenant B median Ingest latency: warm-up {warmup:?}, baseline {baseline:?}, \
+         while A floods {under_flood:?}; A sent {sent}, {refused} refused"
+    );
+    assert!(sent >= 300, "A sent only {sent}");
+    assert!(
+        refused as f64 >= sent as f64 * 0.7,
+        "A's quota held: {refused} of {sent} refused"
+    );
+    assert!(
+        under_flood <= baseline * 2,
+        "B slowed from {baseline:?} to {under_flood:?}"
+    );
+    stack.shutdown().await;
+}
