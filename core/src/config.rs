@@ -113,6 +113,13 @@ pub struct GatewayConfig {
     /// Requests arriving together share one Kafka transaction; at most this many records.
     /// Default 500.
     pub max_records_per_transaction: usize,
+    /// How long a repeated request is recognised, in seconds: one with the same idempotency
+    /// key, or without a key the same document with the same content, returns the first
+    /// ingestion instead of writing again. Default 86400 (a day).
+    pub idempotency_window_secs: u64,
+    /// How long ingestion events are kept for resuming watch streams, in seconds; a cursor
+    /// older than that can no longer resume. Default 604800 (a week).
+    pub event_retention_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -127,6 +134,8 @@ impl Default for GatewayConfig {
             max_batch_documents: 1000,
             max_top_k: 100,
             max_records_per_transaction: 500,
+            idempotency_window_secs: 86_400,
+            event_retention_secs: 604_800,
         }
     }
 }

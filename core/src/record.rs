@@ -98,6 +98,29 @@ impl DocumentRecord {
         })
     }
 
+    /// A digest of what this record asks for: operation, document id, schema, payload and
+    /// attributes (not the ingestion id or time). Two requests that would write the same
+    /// document the same way have the same hash, however the payload was sent (Avro JSON and
+    /// Avro binary validate to the same bytes).
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        // Length-prefixed, so no two different records concatenate to the same bytes.
+        for part in [
+            self.operation.as_str().as_bytes(),
+            self.document_id.as_bytes(),
+            self.schema_fingerprint.as_bytes(),
+            &self.payload,
+            serde_json::to_string(&self.attributes)
+                .expect("string map serialises")
+                .as_bytes(),
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        hex::encode(hasher.finalize())
+    }
+
     /// Reads a record back from a consumed message.
     pub fn from_message<M: Message>(message: &M) -> Result<Self, MalformedRecord> {
         let headers = message
@@ -210,6 +233,36 @@ mod tests {
             Completion::from_json(&completion.to_json()).unwrap(),
             completion
         );
+    }
+
+    #[test]
+    fn content_hash_ignores_ingestion_id_and_time_but_not_content() {
+        let record = DocumentRecord {
+            tenant: TenantId::parse("a").unwrap(),
+            document_id: "doc".into(),
+            ingestion_id: "i1".into(),
+            operation: Operation::Upsert,
+            attributes: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+            schema_fingerprint: "s".into(),
+            accepted_at_ms: 1,
+            payload: b"body".to_vec(),
+        };
+        let again = DocumentRecord {
+            ingestion_id: "i2".into(),
+            accepted_at_ms: 2,
+            ..record.clone()
+        };
+        assert_eq!(record.content_hash(), again.content_hash());
+        let edited = DocumentRecord {
+            payload: b"body!".to_vec(),
+            ..record.clone()
+        };
+        assert_ne!(record.content_hash(), edited.content_hash());
+        let relabelled = DocumentRecord {
+            attributes: BTreeMap::from([("k".to_owned(), "w".to_owned())]),
+            ..record.clone()
+        };
+        assert_ne!(record.content_hash(), relabelled.content_hash());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `sluice-admin`: the operator's command line for the tenant registry (tenants, their
-//! state and quotas, certificate bindings and revocations, the audit trail) and for
-//! development certificates.
+//! state and quotas, certificate bindings and revocations, the audit trail), for
+//! development certificates, and for re-driving dead letters.
 //!
 //! It reads the same configuration as the gateway to find the database. Every change is
 //! recorded in the registry's audit trail under `--actor`. Certificate commands that only
@@ -61,6 +61,26 @@ enum Command {
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u64,
+    },
+    /// Records that failed for good and went to the dead-letter topic.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCommand {
+    /// Send dead letters back to the documents topic as new ingestions, once each, after the
+    /// cause of their failure is fixed.
+    Redrive {
+        /// At most this many in one run.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+        /// Only list what would be re-driven.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up reading the dead-letter topic after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
     },
 }
 
@@ -285,14 +305,18 @@ impl Cli {
         self.actor.clone().unwrap_or_else(default_actor)
     }
 
-    /// The registry in the configured database (migrated on connect, like the gateway's).
-    async fn registry(&self) -> anyhow::Result<Registry> {
+    /// The configuration, as the gateway would read it.
+    fn config(&self) -> anyhow::Result<Config> {
         let mut overrides = Map::new();
         if let Some(dir) = &self.data_dir {
             overrides.insert("data_dir".into(), json!(dir));
         }
-        let config = Config::load(self.config.as_deref(), Value::Object(overrides))?;
-        let url = config.database_url();
+        Ok(Config::load(self.config.as_deref(), Value::Object(overrides))?)
+    }
+
+    /// The registry in the configured database (migrated on connect, like the gateway's).
+    async fn registry(&self) -> anyhow::Result<Registry> {
+        let url = self.config()?.database_url();
         let db = sluice_core::db::connect(&url)
             .await
             .with_context(|| format!("database {}", redact_password(&url)))?;
@@ -306,7 +330,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(command) => tenant(&cli, command).await,
         Command::Cert(command) => cert(&cli, command).await,
         Command::Audit { limit } => audit(&cli, *limit).await,
+        Command::DeadLetters(command) => dead_letters(&cli, command).await,
     }
+}
+
+async fn dead_letters(cli: &Cli, command: &DeadLetterCommand) -> anyhow::Result<()> {
+    let DeadLetterCommand::Redrive {
+        max,
+        dry_run,
+        timeout_secs,
+    } = command;
+    let options = crate::redrive::Options {
+        max: *max,
+        dry_run: *dry_run,
+        timeout: Duration::from_secs(*timeout_secs),
+    };
+    let report = crate::redrive::redrive(&cli.config()?, &options).await?;
+    for unreadable in &report.unreadable {
+        println!("unreadable, not re-driven: {unreadable}");
+    }
+    if report.redriven.is_empty() {
+        println!("no dead letters to re-drive");
+        return Ok(());
+    }
+    let rows = report
+        .redriven
+        .iter()
+        .map(|r| {
+            vec![
+                r.tenant.clone(),
+                r.document_id.clone(),
+                r.failed_ingestion_id.clone(),
+                r.ingestion_id.clone().unwrap_or_else(|| "-".into()),
+                r.error.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["TENANT", "DOCUMENT", "FAILED INGESTION", "NEW INGESTION", "ERROR"],
+        rows,
+    );
+    if *dry_run {
+        println!("dry run: {} dead letter(s) would be re-driven", report.redriven.len());
+    } else {
+        println!("re-drove {} dead letter(s)", report.redriven.len());
+    }
+    Ok(())
 }
 
 async fn tenant(cli: &Cli, command: &TenantCommand) -> anyhow::Result<()> {

@@ -161,3 +161,90 @@ async fn commit_group(
         let _ = append.reply.send(answer);
     }
 }
+
+/// Faults a real broker cannot be made to show on demand, injected with librdkafka's mock
+/// cluster (it has no last-stable offset, so what these tests check is what the caller is
+/// told: never OK for a transaction that did not commit, and recovery afterwards).
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use sluice_core::record::Operation;
+    use sluice_core::tenant::TenantId;
+
+    use super::*;
+
+    fn record(n: usize) -> DocumentRecord {
+        DocumentRecord {
+            tenant: TenantId::parse("acme").unwrap(),
+            document_id: format!("doc-{n}"),
+            ingestion_id: format!("ingestion-{n}"),
+            operation: Operation::Upsert,
+            attributes: BTreeMap::new(),
+            schema_fingerprint: "test".into(),
+            accepted_at_ms: 1,
+            payload: b"avro".to_vec(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn injected_faults_are_never_acknowledged_and_the_appender_recovers() {
+        let mock = MockCluster::new(3).unwrap();
+        let kafka = KafkaConfig {
+            bootstrap_servers: mock.bootstrap_servers(),
+            ..Default::default()
+        };
+        mock.create_topic(&kafka.documents_topic, 3, 3).unwrap();
+        let producer = TransactionalProducer::new(&kafka, "mock-gateway", STEP_TIMEOUT)
+            .await
+            .unwrap();
+        let (appender, task) = Appender::spawn(kafka, "mock-gateway".into(), producer, 100);
+        let mut n = 0;
+        let mut append = || {
+            n += 1;
+            let appender = appender.clone();
+            async move { appender.append(&[record(n)]).await }
+        };
+        assert!(append().await.is_ok(), "healthy");
+
+        // The transaction coordinator moves while committing: the client finds the new one
+        // and the commit goes through.
+        mock.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+            ],
+        );
+        assert!(append().await.is_ok(), "after a coordinator move");
+
+        // The broker refuses a record for good: the transaction is aborted and the caller
+        // hears so; the next one commits.
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
+        );
+        let refused = append().await;
+        assert!(refused.is_err(), "a refused record was acknowledged");
+        assert!(append().await.is_ok(), "after an aborted transaction");
+
+        // Fenced by a newer instance while committing: this producer is done; the appender
+        // builds a new one and the next request commits.
+        mock.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+        );
+        let fenced = append().await;
+        assert!(
+            matches!(fenced, Err(TransactionError::Fatal(_))),
+            "fenced: {fenced:?}"
+        );
+        assert!(append().await.is_ok(), "after fencing, with a new producer");
+
+        drop(append);
+        drop(appender);
+        task.await.unwrap();
+    }
+}

@@ -77,8 +77,8 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
     let mut pause = Duration::from_millis(100);
     loop {
         match projection::apply_completion(db, completion).await {
-            Ok(Some(row)) => {
-                hub.publish(&row.tenant, to_proto(&row));
+            Ok(Some(change)) => {
+                hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
                 return;
             }
             Ok(None) => {

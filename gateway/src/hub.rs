@@ -1,4 +1,8 @@
 //! Fans ingestion events out to watch streams and waiting calls, in this gateway process.
+//!
+//! The hub is for promptness only: the event log in the database is what watch streams read
+//! (so they miss nothing across restarts and instances); an event here wakes them up, and hands
+//! a waiting `wait = true` call its ingestion's end.
 
 use sluice_core::proto::{Ingestion, IngestionEvent, IngestionState};
 use tokio::sync::broadcast;
@@ -8,6 +12,24 @@ use tokio::sync::broadcast;
 pub struct TenantEvent {
     pub tenant: String,
     pub event: IngestionEvent,
+}
+
+/// Cursors are opaque to clients; today a cursor is the event's number in the log.
+pub fn cursor(seq: i64) -> String {
+    seq.to_string()
+}
+
+/// The event number a cursor names; `None` for an empty cursor.
+pub fn parse_cursor(cursor: &str) -> Result<Option<i64>, String> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    match cursor.parse::<i64>() {
+        Ok(seq) if seq >= 0 => Ok(Some(seq)),
+        _ => Err(format!(
+            "{cursor:?} is not a cursor this gateway handed out"
+        )),
+    }
 }
 
 impl TenantEvent {
@@ -40,10 +62,12 @@ impl Hub {
         }
     }
 
-    pub fn publish(&self, tenant: &str, ingestion: Ingestion) {
+    /// Publishes the change recorded as event `seq`.
+    pub fn publish(&self, tenant: &str, seq: i64, ingestion: Ingestion) {
         let event = IngestionEvent {
             ingestion: Some(ingestion),
             event_time: Some(now()),
+            cursor: cursor(seq),
         };
         // No subscribers is fine: nobody is watching.
         let _ = self.sender.send(TenantEvent {

@@ -1,5 +1,6 @@
 //! `sluice.v1.IngestService`.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +21,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::appender::Appender;
 use crate::auth::Authenticator;
-use crate::hub::{is_terminal, Hub, TenantEvent};
+use crate::hub::{self, is_terminal, Hub, TenantEvent};
+use crate::idempotency::Idempotency;
 use crate::quota::QuotaGate;
 use crate::status::{self, invalid_argument, Violation};
 use crate::validate::{self, Validator};
@@ -42,6 +44,7 @@ pub struct IngestApi {
     pub appender: Appender,
     pub db: DatabaseConnection,
     pub hub: Hub,
+    pub idempotency: Idempotency,
     pub max_batch_documents: usize,
     /// Cancelled when the gateway shuts down: open watch streams and waiting calls end then,
     /// so graceful shutdown is not held up by streams that would never finish.
@@ -50,12 +53,27 @@ pub struct IngestApi {
 
 impl IngestApi {
     /// Writes the records in one transaction, records them as accepted and tells watchers.
-    /// Returns OK only once the transaction committed.
+    /// Returns OK only once the transaction committed. A repeat of an earlier request (see
+    /// [`Idempotency`]) returns the earlier ingestions and writes nothing.
     async fn accept(
         &self,
+        tenant: &TenantId,
         records: &[DocumentRecord],
         idempotency_keys: Vec<Option<String>>,
     ) -> Result<Vec<Ingestion>, Status> {
+        // Copies of one request take turns from lookup to commit.
+        let _turn = self
+            .idempotency
+            .turn(tenant, records, &idempotency_keys)
+            .await;
+        if let Some(first) = self
+            .idempotency
+            .repeated(tenant, records, &idempotency_keys)
+            .await
+            .map_err(status::database)?
+        {
+            return Ok(first.iter().map(to_proto).collect());
+        }
         let positions = self
             .appender
             .append(records)
@@ -79,43 +97,23 @@ impl IngestApi {
                 idempotency_key,
                 accepted_at_ms: record.accepted_at_ms,
                 completed_at_ms: None,
+                content_hash: Some(record.content_hash()),
             })
             .collect();
         // The records are durably in Kafka: the client hears OK even if the projection lags;
         // the completion will create the row.
-        if let Err(error) = projection::record_accepted(&self.db, rows.clone()).await {
-            tracing::error!(%error, "accepted ingestions not recorded; completions will fill them in");
+        match projection::record_accepted(&self.db, rows.clone()).await {
+            Ok(changes) => {
+                for change in changes {
+                    self.hub
+                        .publish(tenant.as_str(), change.seq, to_proto(&change.row));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "accepted ingestions not recorded; completions will fill them in")
+            }
         }
-        let ingestions: Vec<Ingestion> = rows.iter().map(to_proto).collect();
-        for ingestion in &ingestions {
-            self.hub
-                .publish(records[0].tenant.as_str(), ingestion.clone());
-        }
-        Ok(ingestions)
-    }
-
-    /// The ingestions a repeated request already created, in the order of `keys`, when every
-    /// key is known.
-    async fn replayed(
-        &self,
-        tenant: &TenantId,
-        keys: &[String],
-    ) -> Result<Option<Vec<Ingestion>>, Status> {
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        let rows = projection::find_by_idempotency_keys(&self.db, tenant.as_str(), keys)
-            .await
-            .map_err(status::database)?;
-        let ordered: Option<Vec<Ingestion>> = keys
-            .iter()
-            .map(|key| {
-                rows.iter()
-                    .find(|r| r.idempotency_key.as_deref() == Some(key.as_str()))
-                    .map(to_proto)
-            })
-            .collect();
-        Ok(ordered)
+        Ok(rows.iter().map(to_proto).collect())
     }
 
     /// Waits for the ingestion to end, within the client's deadline.
@@ -178,16 +176,12 @@ impl IngestApi {
         wait: bool,
         deadline: Option<Instant>,
     ) -> Result<Ingestion, Status> {
-        let replay = self.replayed(tenant, idempotency_key.as_slice()).await?;
         // Subscribe before writing so the completion cannot slip past.
         let events = wait.then(|| self.hub.subscribe());
-        let ingestion = match replay {
-            Some(mut replayed) => replayed.remove(0),
-            None => self
-                .accept(std::slice::from_ref(&record), vec![idempotency_key])
-                .await?
-                .remove(0),
-        };
+        let ingestion = self
+            .accept(tenant, std::slice::from_ref(&record), vec![idempotency_key])
+            .await?
+            .remove(0);
         match events {
             Some(events) if !is_terminal(&ingestion) => {
                 self.wait_for_end(tenant, events, ingestion, deadline).await
@@ -275,11 +269,7 @@ impl IngestService for IngestApi {
         let keys: Vec<Option<String>> = (0..count)
             .map(|i| key.as_ref().map(|k| format!("{k}#{i}")))
             .collect();
-        let lookup: Vec<String> = keys.iter().flatten().cloned().collect();
-        if let Some(ingestions) = self.replayed(&tenant, &lookup).await? {
-            return Ok(Response::new(IngestBatchResponse { ingestions }));
-        }
-        let ingestions = self.accept(&records, keys).await?;
+        let ingestions = self.accept(&tenant, &records, keys).await?;
         Ok(Response::new(IngestBatchResponse { ingestions }))
     }
 
@@ -337,89 +327,195 @@ impl IngestService for IngestApi {
         // Held for as long as the stream is open.
         let permit = self.quotas.open_watch(&caller)?;
         let tenant = caller.tenant;
-        let ids = request.into_inner().ingestion_ids;
-        // Subscribe first, then read the current state: nothing can fall in between.
-        let mut events = self.hub.subscribe();
-        let mut pending: std::collections::HashSet<String> = ids.iter().cloned().collect();
-        let mut snapshot = Vec::new();
-        if !ids.is_empty() {
-            let rows = projection::get_many(&self.db, tenant.as_str(), &ids)
-                .await
-                .map_err(status::database)?;
-            let unknown: Vec<&String> = ids
-                .iter()
-                .filter(|id| !rows.iter().any(|r| &r.ingestion_id == *id))
-                .collect();
-            if !unknown.is_empty() {
-                return Err(Status::not_found(format!(
-                    "no ingestion {}",
-                    unknown
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            for row in rows {
-                let ingestion = to_proto(&row);
-                if is_terminal(&ingestion) {
-                    pending.remove(&ingestion.ingestion_id);
-                }
-                snapshot.push(IngestionEvent {
-                    ingestion: Some(ingestion),
-                    event_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-                });
-            }
+        let request = request.into_inner();
+        let after = hub::parse_cursor(&request.after_cursor)
+            .map_err(|problem| invalid_argument(&[Violation::new("after_cursor", problem)]))?;
+        let ids = request.ingestion_ids;
+        // Subscribe to wake-ups first, then read: nothing can fall in between.
+        let wake = self.hub.subscribe();
+        let (latest, rows) = projection::snapshot(&self.db, tenant.as_str(), &ids)
+            .await
+            .map_err(status::database)?;
+        let unknown: Vec<&str> = ids
+            .iter()
+            .filter(|id| !rows.iter().any(|r| &r.ingestion_id == *id))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Status::not_found(format!(
+                "no ingestion {}",
+                unknown.join(", ")
+            )));
         }
-        let (sender, receiver) = mpsc::channel(256);
-        let watch_all = ids.is_empty();
-        let shutdown = self.shutdown.clone();
+        let pending: HashSet<String> = rows
+            .iter()
+            .map(|row| to_proto(row))
+            .filter(|ingestion| !is_terminal(ingestion))
+            .map(|ingestion| ingestion.ingestion_id)
+            .collect();
+        let (start, snapshot) = match after {
+            Some(after) => {
+                self.check_resumable(after, latest).await?;
+                (after, Vec::new())
+            }
+            // From now on: the given ingestions' current state first, as of `latest`.
+            None => (
+                latest,
+                rows.iter()
+                    .map(|row| IngestionEvent {
+                        ingestion: Some(to_proto(row)),
+                        event_time: Some(prost_types::Timestamp::from(
+                            std::time::SystemTime::now(),
+                        )),
+                        cursor: hub::cursor(latest),
+                    })
+                    .collect(),
+            ),
+        };
+        let (sender, receiver) = mpsc::channel(WATCH_PAGE as usize);
+        let tail = EventTail {
+            db: self.db.clone(),
+            tenant,
+            ids: (!ids.is_empty()).then_some(ids),
+            pending,
+            last: start,
+            wake,
+            shutdown: self.shutdown.clone(),
+            sender,
+        };
         tokio::spawn(async move {
             let _permit = permit;
-            for event in snapshot {
-                if sender.send(Ok(event)).await.is_err() {
+            tail.run(snapshot).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+impl IngestApi {
+    /// A cursor can resume when the events after it are still kept.
+    async fn check_resumable(&self, after: i64, latest: i64) -> Result<(), Status> {
+        if after > latest {
+            return Err(invalid_argument(&[Violation::new(
+                "after_cursor",
+                "names an event this deployment has not written",
+            )]));
+        }
+        let oldest = projection::oldest_seq(&self.db)
+            .await
+            .map_err(status::database)?;
+        if oldest > after + 1 {
+            return Err(Status::out_of_range(
+                "the events after this cursor are older than the gateway keeps \
+                 (gateway.event_retention_secs); watch without a cursor and use GetIngestion",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Events a watch stream reads from the log per query.
+const WATCH_PAGE: u64 = 256;
+/// How often an idle watch stream looks at the log without being woken: events written by
+/// another gateway instance wake nobody here.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// One watch stream: reads the tenant's event log from a cursor on, in order, and sends each
+/// event once.
+struct EventTail {
+    db: DatabaseConnection,
+    tenant: TenantId,
+    /// Only these ingestions (then the stream ends once all of them have ended).
+    ids: Option<Vec<String>>,
+    pending: HashSet<String>,
+    /// The number of the last event sent.
+    last: i64,
+    wake: broadcast::Receiver<TenantEvent>,
+    shutdown: CancellationToken,
+    sender: mpsc::Sender<Result<IngestionEvent, Status>>,
+}
+
+impl EventTail {
+    async fn run(mut self, snapshot: Vec<IngestionEvent>) {
+        for event in snapshot {
+            if self.sender.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let page = match projection::events_after(
+                &self.db,
+                self.tenant.as_str(),
+                self.last,
+                self.ids.as_deref(),
+                WATCH_PAGE,
+            )
+            .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = self.sender.send(Err(status::database(error))).await;
+                    return;
+                }
+            };
+            let caught_up = (page.len() as u64) < WATCH_PAGE;
+            for event in page {
+                self.last = event.seq;
+                let ingestion = to_proto(&event.ingestion());
+                if is_terminal(&ingestion) {
+                    self.pending.remove(&ingestion.ingestion_id);
+                }
+                let event = IngestionEvent {
+                    ingestion: Some(ingestion),
+                    event_time: Some(timestamp(event.event_at_ms)),
+                    cursor: hub::cursor(event.seq),
+                };
+                if self.sender.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
-            while watch_all || !pending.is_empty() {
-                let event = tokio::select! {
-                    _ = sender.closed() => return,
-                    _ = shutdown.cancelled() => {
-                        let _ = sender.send(Err(Status::unavailable("gateway is shutting down; watch again"))).await;
-                        return;
-                    }
-                    event = events.recv() => event,
-                };
-                match event {
-                    Ok(event) if event.tenant == tenant.as_str() => {
-                        let ingestion = event.ingestion();
-                        if !watch_all && !pending.contains(&ingestion.ingestion_id) {
-                            continue;
-                        }
-                        if is_terminal(ingestion) {
-                            pending.remove(&ingestion.ingestion_id);
-                        }
-                        if sender.send(Ok(event.event)).await.is_err() {
-                            return;
-                        }
-                    }
+            if !caught_up {
+                continue;
+            }
+            if self.ids.is_some() && self.pending.is_empty() {
+                return;
+            }
+            if !self.wait_for_more().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits until this tenant may have a new event; false when the stream should end.
+    async fn wait_for_more(&mut self) -> bool {
+        let poll = tokio::time::sleep(WATCH_POLL);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = self.sender.closed() => return false,
+                _ = self.shutdown.cancelled() => {
+                    let _ = self
+                        .sender
+                        .send(Err(Status::unavailable(
+                            "gateway is shutting down; watch again with your last cursor",
+                        )))
+                        .await;
+                    return false;
+                }
+                _ = &mut poll => return true,
+                event = self.wake.recv() => match event {
+                    Ok(event) if event.tenant == self.tenant.as_str() => return true,
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let _ = sender
-                            .send(Err(Status::new(Code::DataLoss, format!("this stream fell behind and missed {missed} events; watch again"))))
-                            .await;
-                        return;
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = sender
+                        let _ = self
+                            .sender
                             .send(Err(Status::unavailable("gateway is shutting down")))
                             .await;
-                        return;
+                        return false;
                     }
-                }
+                },
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        }
     }
 }
 

@@ -11,12 +11,16 @@
 //!   (group commit), and a caller hears OK only after its transaction committed.
 //! - [`completions`]: consumes workers' completion events into the database projection and
 //!   the [`hub`], which fans ingestion events out to watchers and waiting calls.
+//! - [`idempotency`]: recognises repeated requests so they write nothing new.
+//! - [`retention`]: prunes ingestion events older than resumable watch streams need.
 //! - [`ingest`] and [`search`]: the two gRPC services.
 //! - [`health`]: gRPC health and the HTTP `/healthz` dependency report.
 //! - [`status`]: errors → gRPC statuses with google.rpc details.
 //! - [`standalone`]: the worker in the same process, sharing the embedded vector store.
 //! - [`pki`]: development certificates (rcgen) and reading certificates' identities.
-//! - [`admin`]: the `sluice-admin` command line: tenants, quotas, certificates, audit.
+//! - [`admin`]: the `sluice-admin` command line: tenants, quotas, certificates, audit,
+//!   dead letters.
+//! - [`redrive`]: sends dead letters back for another try, exactly once.
 
 pub mod admin;
 pub mod appender;
@@ -25,9 +29,12 @@ pub mod completions;
 pub mod directory;
 pub mod health;
 pub mod hub;
+pub mod idempotency;
 pub mod ingest;
 pub mod pki;
 pub mod quota;
+pub mod redrive;
+pub mod retention;
 pub mod search;
 pub mod server;
 pub mod standalone;

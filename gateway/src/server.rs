@@ -30,6 +30,7 @@ use crate::completions;
 use crate::directory::TenantDirectory;
 use crate::health::HealthChecker;
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::ingest::IngestApi;
 use crate::quota::QuotaGate;
 use crate::search::SearchApi;
@@ -145,6 +146,12 @@ impl Gateway {
             shutdown.clone(),
         )?;
 
+        let pruner = crate::retention::spawn(
+            shared.db.clone(),
+            Duration::from_secs(config.gateway.event_retention_secs),
+            shutdown.clone(),
+        );
+
         let schema = Arc::new(DocumentSchema::default_document());
         let ingest = IngestApi {
             auth: authenticator.clone(),
@@ -153,6 +160,10 @@ impl Gateway {
             appender: appender.clone(),
             db: shared.db.clone(),
             hub,
+            idempotency: Idempotency::new(
+                shared.db.clone(),
+                Duration::from_secs(config.gateway.idempotency_window_secs),
+            ),
             max_batch_documents: config.gateway.max_batch_documents,
             shutdown: shutdown.clone(),
         };
@@ -239,7 +250,7 @@ impl Gateway {
             shutdown,
             servers: vec![grpc, http],
             background: {
-                background.extend([completions, health_driver, appender_task]);
+                background.extend([completions, pruner, health_driver, appender_task]);
                 background
             },
             appender: Some(appender),

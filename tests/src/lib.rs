@@ -242,6 +242,16 @@ impl Stack {
         Self::launch(broker, data_dir, config, Some(pki)).await
     }
 
+    /// Like [`Stack::start`], with a broker that keeps its data on disk, so that
+    /// `stack.broker.restart()` brings it back with everything committed.
+    pub async fn start_with_persistent_broker(database: Database) -> Stack {
+        init_logs();
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::start_persistent(data_dir.path()).await;
+        let config = test_config(&broker, data_dir.path(), database).await;
+        Self::launch(broker, data_dir, config, None).await
+    }
+
     /// A broker, a data dir and the test configuration for them.
     async fn prepare(database: Database) -> (Broker, tempfile::TempDir, Config) {
         init_logs();
@@ -341,6 +351,19 @@ impl Stack {
 
     pub async fn search_client(&self) -> SearchServiceClient<Channel> {
         SearchServiceClient::new(self.channel().await)
+    }
+
+    /// Stops Sluice gracefully and starts it again on the same broker, database and data dir
+    /// (a new gRPC port: reconnect after).
+    pub async fn restart(&mut self) {
+        if let Some(standalone) = self.standalone.take() {
+            standalone.shutdown().await;
+        }
+        self.standalone = Some(
+            Standalone::start(&self.config)
+                .await
+                .expect("restart sluice standalone"),
+        );
     }
 
     pub async fn shutdown(mut self) {

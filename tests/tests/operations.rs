@@ -348,6 +348,8 @@ struct FlakyStore {
     failures: u32,
     attempts: std::sync::Mutex<HashMap<String, u32>>,
     calls: AtomicU32,
+    /// Until set, documents named `doomed…` always fail.
+    healed: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -363,7 +365,9 @@ impl VectorStore for FlakyStore {
             *n += 1;
             *n
         };
-        if document.document_id.starts_with("doomed") || attempt <= self.failures {
+        let doomed =
+            document.document_id.starts_with("doomed") && !self.healed.load(Ordering::SeqCst);
+        if doomed || attempt <= self.failures {
             return Err(VectorStoreError::Unavailable(format!(
                 "injected failure {attempt}"
             )));
@@ -407,6 +411,7 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
         failures: 2,
         attempts: Default::default(),
         calls: AtomicU32::new(0),
+        healed: Default::default(),
     });
     let indexer =
         sluice_worker::indexer_for(&config, shared.embedder.clone(), flaky.clone()).unwrap();
@@ -487,6 +492,58 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
         dead[0].get("sluice-dlq-error-class").map(String::as_str),
         Some("transient")
     );
+
+    // The cause is fixed; the operator re-drives the dead letter, exactly once.
+    flaky.healed.store(true, Ordering::SeqCst);
+    let options = |dry_run| sluice_gateway::redrive::Options {
+        max: 100,
+        dry_run,
+        timeout: Duration::from_secs(30),
+    };
+    let listed = sluice_gateway::redrive::redrive(&config, &options(true))
+        .await
+        .unwrap();
+    assert_eq!(listed.redriven.len(), 1, "{listed:?}");
+    assert_eq!(listed.redriven[0].ingestion_id, None);
+    let report = sluice_gateway::redrive::redrive(&config, &options(false))
+        .await
+        .unwrap();
+    assert_eq!(report.redriven.len(), 1, "{report:?}");
+    let redriven = &report.redriven[0];
+    assert_eq!(
+        (redriven.document_id.as_str(), redriven.failed_ingestion_id.as_str()),
+        ("doomed", doomed.ingestion_id.as_str())
+    );
+    assert!(redriven.error.contains("injected failure"), "{redriven:?}");
+    let new_id = redriven.ingestion_id.clone().unwrap();
+    let ended = sluice_tests::eventually("the re-driven ingestion", Duration::from_secs(60), || {
+        let mut ingest = ingest.clone();
+        let new_id = new_id.clone();
+        async move {
+            let ingestion = ingest
+                .get_ingestion(as_tenant(
+                    TENANT,
+                    sluice_core::proto::GetIngestionRequest {
+                        ingestion_id: new_id,
+                    },
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            (state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
+        }
+    })
+    .await;
+    assert_eq!(state(&ended), IngestionState::Indexed, "{ended:?}");
+    assert_eq!(
+        shared.store.count_document(TENANT, "doomed").await.unwrap(),
+        1
+    );
+    // Done once: another run finds nothing left to re-drive.
+    let again = sluice_gateway::redrive::redrive(&config, &options(false))
+        .await
+        .unwrap();
+    assert!(again.redriven.is_empty(), "{again:?}");
 
     gateway.shutdown().await;
     worker.shutdown().await;

@@ -21,6 +21,9 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     pub accepted_at_ms: i64,
     pub completed_at_ms: Option<i64>,
+    /// Digest of what was ingested (operation, document id, payload, attributes): a repeat of
+    /// the same request without an idempotency key is recognised by it.
+    pub content_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,7 +9,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateIngestions), Box::new(CreateTenantRegistry)]
+        vec![
+            Box::new(CreateIngestions),
+            Box::new(CreateTenantRegistry),
+            Box::new(CreateIngestionEvents),
+        ]
     }
 }
 
@@ -29,6 +33,7 @@ enum Ingestions {
     IdempotencyKey,
     AcceptedAtMs,
     CompletedAtMs,
+    ContentHash,
 }
 
 struct CreateIngestions;
@@ -238,5 +243,99 @@ impl MigrationTrait for CreateTenantRegistry {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[derive(DeriveIden)]
+enum IngestionEvents {
+    Table,
+    Seq,
+    Tenant,
+    IngestionId,
+    DocumentId,
+    Operation,
+    State,
+    KafkaTopic,
+    KafkaPartition,
+    KafkaOffset,
+    ChunkCount,
+    FailureReason,
+    AcceptedAtMs,
+    CompletedAtMs,
+    EventAtMs,
+}
+
+/// The ingestion event log that resumable watch streams read (its sequence number is the
+/// cursor), and each ingestion's content hash for idempotency without a key.
+struct CreateIngestionEvents;
+
+impl MigrationName for CreateIngestionEvents {
+    fn name(&self) -> &str {
+        "m20261202_000003_create_ingestion_events"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateIngestionEvents {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(IngestionEvents::Table)
+                    .if_not_exists()
+                    .col(
+                        big_integer(IngestionEvents::Seq)
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(string(IngestionEvents::Tenant))
+                    .col(string(IngestionEvents::IngestionId))
+                    .col(string(IngestionEvents::DocumentId))
+                    .col(string(IngestionEvents::Operation))
+                    .col(string(IngestionEvents::State))
+                    .col(string(IngestionEvents::KafkaTopic))
+                    .col(integer(IngestionEvents::KafkaPartition))
+                    .col(big_integer(IngestionEvents::KafkaOffset))
+                    .col(integer(IngestionEvents::ChunkCount))
+                    .col(string_null(IngestionEvents::FailureReason))
+                    .col(big_integer(IngestionEvents::AcceptedAtMs))
+                    .col(big_integer_null(IngestionEvents::CompletedAtMs))
+                    .col(big_integer(IngestionEvents::EventAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ingestion_events_tenant_seq")
+                    .table(IngestionEvents::Table)
+                    .col(IngestionEvents::Tenant)
+                    .col(IngestionEvents::Seq)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Ingestions::Table)
+                    .add_column(string_null(Ingestions::ContentHash))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Ingestions::Table)
+                    .drop_column(Ingestions::ContentHash)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_table(Table::drop().table(IngestionEvents::Table).to_owned())
+            .await
     }
 }

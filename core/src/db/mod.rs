@@ -3,11 +3,13 @@
 //! Kafka is the source of truth; these tables can be rebuilt from it. SQLite by default,
 //! PostgreSQL when configured; both go through sea-orm and the same migrations.
 //!
-//! - [`ingestion`]: the `ingestions` table entity.
+//! - [`ingestion`]: the `ingestions` table entity: one row per ingestion, its current state.
+//! - [`event`]: the `ingestion_events` log: every state change, numbered (watch cursors).
 //! - [`migration`]: the schema, applied at start.
 //! - [`projection`]: how ingestion events change rows (idempotently: a completion seen twice
 //!   changes nothing the second time).
 
+pub mod event;
 pub mod ingestion;
 pub mod migration;
 pub mod projection;

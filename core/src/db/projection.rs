@@ -5,41 +5,111 @@
 //! once, and the caller learns whether this delivery was the one that moved it.
 
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
 
+use super::event;
 use super::ingestion::{self, Column, Entity, Model, ACCEPTED, DELETED, FAILED, INDEXED};
-use crate::record::{Completion, Outcome};
+use crate::record::{now_ms, Completion, Outcome};
 
-/// Records ingestions whose transaction committed. Rows a completion already created are
-/// left alone.
-pub async fn record_accepted(db: &impl ConnectionTrait, rows: Vec<Model>) -> Result<(), DbErr> {
-    if rows.is_empty() {
-        return Ok(());
+/// An ingestion after a change, and the number of the event that recorded the change (the
+/// cursor a watch stream hands out with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub row: Model,
+    pub seq: i64,
+}
+
+/// Starts a transaction that appends events. Writers take turns so that events become
+/// visible in number order: a watch stream that has read event n must never later find a
+/// smaller number appear. SQLite serialises writers by itself (each of these transactions
+/// writes first); PostgreSQL needs the lock.
+async fn begin_event_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        txn.execute_unprepared("LOCK TABLE ingestion_events IN EXCLUSIVE MODE")
+            .await?;
     }
-    let models = rows.into_iter().map(|row| ingestion::ActiveModel {
-        ingestion_id: Set(row.ingestion_id),
-        tenant: Set(row.tenant),
-        document_id: Set(row.document_id),
-        operation: Set(row.operation),
-        state: Set(row.state),
-        kafka_topic: Set(row.kafka_topic),
-        kafka_partition: Set(row.kafka_partition),
-        kafka_offset: Set(row.kafka_offset),
-        chunk_count: Set(row.chunk_count),
-        failure_reason: Set(row.failure_reason),
-        idempotency_key: Set(row.idempotency_key),
-        accepted_at_ms: Set(row.accepted_at_ms),
-        completed_at_ms: Set(row.completed_at_ms),
-    });
+    Ok(txn)
+}
+
+/// Appends an event for each row, in order, and returns the rows with their numbers.
+async fn append_events(txn: &DatabaseTransaction, rows: Vec<Model>) -> Result<Vec<Change>, DbErr> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = now_ms();
+    let before = latest_seq(txn).await?;
+    event::Entity::insert_many(rows.iter().map(|row| event::recording(row, at)))
+        .exec_without_returning(txn)
+        .await?;
+    // Writers take turns (see begin_event_write), so every event after `before` is ours.
+    let seqs: Vec<i64> = event::Entity::find()
+        .select_only()
+        .column(event::Column::Seq)
+        .filter(event::Column::Seq.gt(before))
+        .order_by_asc(event::Column::Seq)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    if seqs.len() != rows.len() {
+        return Err(DbErr::Custom(format!(
+            "appended {} events but found {}",
+            rows.len(),
+            seqs.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(seqs)
+        .map(|(row, seq)| Change { row, seq })
+        .collect())
+}
+
+/// Records ingestions whose transaction committed, each with its ACCEPTED event. Rows a
+/// completion already created are left alone (their ingestion has ended; no ACCEPTED after
+/// the end). Returns the rows recorded, in order.
+pub async fn record_accepted(
+    db: &DatabaseConnection,
+    rows: Vec<Model>,
+) -> Result<Vec<Change>, DbErr> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.ingestion_id.clone()).collect();
+    let txn = begin_event_write(db).await?;
+    let models = rows
+        .iter()
+        .cloned()
+        .map(ingestion::ActiveModel::from)
+        .collect::<Vec<_>>();
     Entity::insert_many(models)
         .on_conflict(
             OnConflict::column(Column::IngestionId)
                 .do_nothing()
                 .to_owned(),
         )
-        .exec_without_returning(db)
+        .exec_without_returning(&txn)
         .await?;
-    Ok(())
+    // Ingestion ids are fresh for every request, so an `accepted` row is one inserted above;
+    // a row a completion created first has already ended.
+    let ours: Vec<String> = Entity::find()
+        .select_only()
+        .column(Column::IngestionId)
+        .filter(Column::IngestionId.is_in(ids))
+        .filter(Column::State.eq(ACCEPTED))
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    let recorded: Vec<Model> = rows
+        .into_iter()
+        .filter(|row| ours.contains(&row.ingestion_id))
+        .collect();
+    let changes = append_events(&txn, recorded).await?;
+    txn.commit().await?;
+    Ok(changes)
 }
 
 pub fn outcome_state(outcome: Outcome) -> &'static str {
@@ -50,13 +120,14 @@ pub fn outcome_state(outcome: Outcome) -> &'static str {
     }
 }
 
-/// Applies a completion. Returns the row when this call ended the ingestion, `None` when it
-/// had already ended (a duplicate delivery).
+/// Applies a completion. Returns the change when this call ended the ingestion, `None` when
+/// it had already ended (a duplicate delivery).
 pub async fn apply_completion(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     completion: &Completion,
-) -> Result<Option<Model>, DbErr> {
+) -> Result<Option<Change>, DbErr> {
     let state = outcome_state(completion.outcome);
+    let txn = begin_event_write(db).await?;
     // Conditional on `accepted`, so of two deliveries (or two gateways) exactly one moves it.
     let moved = Entity::update_many()
         .col_expr(Column::State, Expr::value(state))
@@ -75,37 +146,45 @@ pub async fn apply_completion(
         .filter(Column::IngestionId.eq(&completion.ingestion_id))
         .filter(Column::Tenant.eq(&completion.tenant))
         .filter(Column::State.eq(ACCEPTED))
-        .exec(db)
+        .exec(&txn)
         .await?
         .rows_affected;
-    if moved == 1 {
-        return get(db, &completion.tenant, &completion.ingestion_id).await;
-    }
-    // Not accepted here yet (the completion overtook the gateway's own record) or already done.
-    let row = Model {
-        ingestion_id: completion.ingestion_id.clone(),
-        tenant: completion.tenant.clone(),
-        document_id: completion.document_id.clone(),
-        operation: completion.operation.as_str().to_owned(),
-        state: state.to_owned(),
-        kafka_topic: completion.source.topic.clone(),
-        kafka_partition: completion.source.partition,
-        kafka_offset: completion.source.offset,
-        chunk_count: completion.chunk_count as i32,
-        failure_reason: completion.failure_reason.clone(),
-        idempotency_key: None,
-        accepted_at_ms: completion.accepted_at_ms,
-        completed_at_ms: Some(completion.completed_at_ms),
+    let ended = if moved == 1 {
+        get(&txn, &completion.tenant, &completion.ingestion_id).await?
+    } else {
+        // Not accepted here yet (the completion overtook the gateway's own record) or done.
+        let row = Model {
+            ingestion_id: completion.ingestion_id.clone(),
+            tenant: completion.tenant.clone(),
+            document_id: completion.document_id.clone(),
+            operation: completion.operation.as_str().to_owned(),
+            state: state.to_owned(),
+            kafka_topic: completion.source.topic.clone(),
+            kafka_partition: completion.source.partition,
+            kafka_offset: completion.source.offset,
+            chunk_count: completion.chunk_count as i32,
+            failure_reason: completion.failure_reason.clone(),
+            idempotency_key: None,
+            accepted_at_ms: completion.accepted_at_ms,
+            completed_at_ms: Some(completion.completed_at_ms),
+            content_hash: None,
+        };
+        let inserted = Entity::insert(ingestion::ActiveModel::from(row.clone()))
+            .on_conflict(
+                OnConflict::column(Column::IngestionId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        (inserted == 1).then_some(row)
     };
-    let inserted = Entity::insert(ingestion::ActiveModel::from(row.clone()))
-        .on_conflict(
-            OnConflict::column(Column::IngestionId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
-    Ok((inserted == 1).then_some(row))
+    let change = match ended {
+        Some(row) => append_events(&txn, vec![row]).await?.pop(),
+        None => None,
+    };
+    txn.commit().await?;
+    Ok(change)
 }
 
 /// One ingestion of one tenant; another tenant's id finds nothing.
@@ -133,17 +212,111 @@ pub async fn get_many(
         .await
 }
 
-/// Ingestions of one tenant created with any of these idempotency keys.
+/// Ingestions of one tenant created with any of these idempotency keys since `since_ms`.
 pub async fn find_by_idempotency_keys(
     db: &impl ConnectionTrait,
     tenant: &str,
     keys: &[String],
+    since_ms: i64,
 ) -> Result<Vec<Model>, DbErr> {
     Entity::find()
         .filter(Column::Tenant.eq(tenant))
         .filter(Column::IdempotencyKey.is_in(keys.iter().cloned()))
+        .filter(Column::AcceptedAtMs.gte(since_ms))
         .all(db)
         .await
+}
+
+/// The latest ingestion of a document (the one furthest along its partition), if any.
+pub async fn latest_of_document(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    document_id: &str,
+) -> Result<Option<Model>, DbErr> {
+    Entity::find()
+        .filter(Column::Tenant.eq(tenant))
+        .filter(Column::DocumentId.eq(document_id))
+        .order_by_desc(Column::KafkaOffset)
+        .one(db)
+        .await
+}
+
+/// The number of the latest event of any tenant (0 when there is none).
+pub async fn latest_seq(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let latest: Option<Option<i64>> = event::Entity::find()
+        .select_only()
+        .column_as(event::Column::Seq.max(), "latest")
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(latest.flatten().unwrap_or(0))
+}
+
+/// A tenant's events after `after`, oldest first, at most `limit`; only those of `ingestion_ids`
+/// when given.
+pub async fn events_after(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    after: i64,
+    ingestion_ids: Option<&[String]>,
+    limit: u64,
+) -> Result<Vec<event::Model>, DbErr> {
+    let mut query = event::Entity::find()
+        .filter(event::Column::Tenant.eq(tenant))
+        .filter(event::Column::Seq.gt(after));
+    if let Some(ids) = ingestion_ids {
+        query = query.filter(event::Column::IngestionId.is_in(ids.iter().cloned()));
+    }
+    query
+        .order_by_asc(event::Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// A consistent view for a new watch stream: the latest event number and, at that very
+/// moment, the current rows of `ingestion_ids`.
+pub async fn snapshot(
+    db: &DatabaseConnection,
+    tenant: &str,
+    ingestion_ids: &[String],
+) -> Result<(i64, Vec<Model>), DbErr> {
+    let txn = match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            db.begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
+                .await?
+        }
+        // A SQLite transaction reads one snapshot already.
+        _ => db.begin().await?,
+    };
+    let latest = latest_seq(&txn).await?;
+    let rows = if ingestion_ids.is_empty() {
+        Vec::new()
+    } else {
+        get_many(&txn, tenant, ingestion_ids).await?
+    };
+    txn.commit().await?;
+    Ok((latest, rows))
+}
+
+/// Removes events older than `before_ms`; cursors pointing before them can no longer resume.
+pub async fn prune_events(db: &impl ConnectionTrait, before_ms: i64) -> Result<u64, DbErr> {
+    Ok(event::Entity::delete_many()
+        .filter(event::Column::EventAtMs.lt(before_ms))
+        .exec(db)
+        .await?
+        .rows_affected)
+}
+
+/// The oldest event still kept (0 when there is none).
+pub async fn oldest_seq(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let oldest: Option<Option<i64>> = event::Entity::find()
+        .select_only()
+        .column_as(event::Column::Seq.min(), "oldest")
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(oldest.flatten().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -166,6 +339,7 @@ mod tests {
             idempotency_key: None,
             accepted_at_ms: 1,
             completed_at_ms: None,
+            content_hash: None,
         }
     }
 
@@ -189,21 +363,22 @@ mod tests {
     }
 
     async fn exercise(db: sea_orm::DatabaseConnection) {
-        record_accepted(&db, vec![accepted("i1", "a")])
+        let recorded = record_accepted(&db, vec![accepted("i1", "a")])
             .await
             .unwrap();
-        // Recording twice is harmless.
-        record_accepted(&db, vec![accepted("i1", "a")])
+        assert_eq!(recorded.len(), 1);
+        // Recording twice is harmless and adds no event.
+        assert!(record_accepted(&db, vec![accepted("i1", "a")])
             .await
-            .unwrap();
+            .unwrap()
+            .is_empty());
 
         let first = apply_completion(&db, &completion("i1", Outcome::Indexed))
             .await
-            .unwrap();
-        assert_eq!(
-            first.as_ref().map(|r| (r.state.as_str(), r.chunk_count)),
-            Some((INDEXED, 3))
-        );
+            .unwrap()
+            .expect("the first completion ends the ingestion");
+        assert_eq!((first.row.state.as_str(), first.row.chunk_count), (INDEXED, 3));
+        assert!(first.seq > recorded[0].seq, "events are numbered in order");
         // A second delivery, even with another outcome, changes nothing and says so.
         assert_eq!(
             apply_completion(&db, &completion("i1", Outcome::Failed))
@@ -214,15 +389,36 @@ mod tests {
         assert_eq!(get(&db, "a", "i1").await.unwrap().unwrap().state, INDEXED);
 
         // A completion that overtakes the gateway's record creates the row; the late
-        // accepted record does not move it back.
+        // accepted record neither moves it back nor adds an ACCEPTED event after the end.
         assert!(apply_completion(&db, &completion("i2", Outcome::Indexed))
             .await
             .unwrap()
             .is_some());
-        record_accepted(&db, vec![accepted("i2", "a")])
+        assert!(record_accepted(&db, vec![accepted("i2", "a")])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(get(&db, "a", "i2").await.unwrap().unwrap().state, INDEXED);
+
+        // The event log: each change once, in order, per tenant.
+        let events = events_after(&db, "a", 0, None, 100).await.unwrap();
+        let states: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.ingestion_id.as_str(), e.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [("i1", ACCEPTED), ("i1", INDEXED), ("i2", INDEXED)]
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        let after_first = events_after(&db, "a", events[0].seq, Some(&["i2".into()]), 100)
             .await
             .unwrap();
-        assert_eq!(get(&db, "a", "i2").await.unwrap().unwrap().state, INDEXED);
+        assert_eq!(after_first.len(), 1);
+        assert!(events_after(&db, "b", 0, None, 100).await.unwrap().is_empty());
+        assert_eq!(latest_seq(&db).await.unwrap(), events[2].seq);
+        let (latest, rows) = snapshot(&db, "a", &["i1".into()]).await.unwrap();
+        assert_eq!((latest, rows.len()), (events[2].seq, 1));
 
         // Tenants never see each other's rows.
         assert!(get(&db, "b", "i1").await.unwrap().is_none());

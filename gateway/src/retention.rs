@@ -1,0 +1,37 @@
+//! Prunes the ingestion event log: events older than the retention are no longer needed to
+//! resume a watch stream (a cursor that old is answered OUT_OF_RANGE). Every gateway instance
+//! prunes; deleting what another already deleted is harmless.
+
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use sluice_core::db::projection;
+use sluice_core::record::now_ms;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often the log is pruned.
+const EVERY: Duration = Duration::from_secs(600);
+
+pub fn spawn(
+    db: DatabaseConnection,
+    retention: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let before = now_ms() - retention.as_millis() as i64;
+            match projection::prune_events(&db, before).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "ingestion events past retention pruned"),
+                Err(error) => tracing::warn!(%error, "cannot prune ingestion events"),
+            }
+        }
+    })
+}

@@ -1,0 +1,391 @@
+//! Crashes on purpose, on real parts: Sluice standalone (gateway, worker and the embedded
+//! vector store in one process) is killed with SIGKILL twenty times while 2,000 documents
+//! arrive in batches; afterwards every acknowledged document is indexed once and every
+//! ingestion ended exactly once. Then a graceful SIGTERM: the process finishes and exits 0.
+//!
+//! The counts each run saw are printed (`cargo test --test faults -- --nocapture`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, Statement};
+use sluice_core::proto::ingest_service_client::IngestServiceClient;
+use sluice_core::proto::IngestBatchRequest;
+use sluice_core::vector::VectorStore;
+use sluice_tests::{as_tenant, document, free_port, model_dir, read_topic, Broker};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const TENANT: &str = "acme";
+const DOCUMENTS: usize = 2_000;
+const BATCH: usize = 10;
+const KILLS: usize = 20;
+
+/// A tiny deterministic generator for the kill moments; the seed is printed so a failing run
+/// can be replayed with SLUICE_FAULT_SEED.
+struct Moments(u64);
+
+impl Moments {
+    fn from_env() -> Self {
+        let seed = std::env::var("SLUICE_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        println!("fault seed: {seed}");
+        Self(seed | 1)
+    }
+
+    /// Somewhere between `low` and `high`.
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        low + (high - low).mul_f64((self.0 % 10_000) as f64 / 10_000.0)
+    }
+}
+
+/// The `sluice-gateway` binary cargo built next to this test.
+fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("sluice-gateway");
+    assert!(
+        path.exists(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Sluice standalone as its own process, restartable on the same port and data.
+struct Process {
+    config: PathBuf,
+    grpc: String,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn new(dir: &Path, broker: &Broker) -> Self {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let config = dir.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+data_dir = "{data}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[kafka.properties]
+# A killed member holds its partitions until its session times out.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+[gateway]
+listen = "{grpc}"
+health_listen = "127.0.0.1:{health}"
+dev_tenant_header = true
+instance_id = "faults-gateway"
+[worker]
+instance_id = "faults-worker"
+retry_initial_ms = 20
+"#,
+                data = dir.join("data").display(),
+                bootstrap = broker.bootstrap(),
+                health = free_port(),
+            ),
+        )
+        .unwrap();
+        Self {
+            config,
+            grpc,
+            child: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(gateway_binary())
+            .args(["--standalone", "--config"])
+            .arg(&self.config)
+            .env("SLUICE_MODEL_DIR", model_dir())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice-gateway --standalone");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within {limit:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn client(&self) -> IngestServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        IngestServiceClient::new(channel)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends every batch until it is acknowledged, retrying with the same idempotency key.
+/// Returns the acknowledged ingestion id of each document, and how many calls failed.
+async fn send_all(client: IngestServiceClient<Channel>, batches: Vec<usize>) -> (HashMap<String, String>, usize) {
+    let mut acknowledged = HashMap::new();
+    let mut failures = 0;
+    for batch in batches {
+        let documents: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|i| document(&format!("doc-{i}"), "Fault", &format!("Document number {i} survives crashes.")))
+            .collect();
+        loop {
+            let request = as_tenant(
+                TENANT,
+                IngestBatchRequest {
+                    documents: documents.clone(),
+                    idempotency_key: format!("batch-{batch}"),
+                },
+            );
+            match client.clone().ingest_batch(request).await {
+                Ok(response) => {
+                    for ingestion in response.into_inner().ingestions {
+                        acknowledged.insert(ingestion.document_id, ingestion.ingestion_id);
+                    }
+                    break;
+                }
+                Err(status) => {
+                    // A crash mid-call is never answered OK; it is one of these.
+                    assert!(
+                        matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal | Code::DeadlineExceeded),
+                        "unexpected refusal: {status:?}"
+                    );
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    (acknowledged, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_twenty_times_nothing_lost_nothing_twice() {
+    let mut moments = Moments::from_env();
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sluice = Process::new(dir.path(), &broker);
+    sluice.start();
+
+    // Four clients, each with its share of the 200 batches.
+    let batches = DOCUMENTS / BATCH;
+    let senders: Vec<_> = (0..4)
+        .map(|k| {
+            let share: Vec<usize> = (0..batches).filter(|b| b % 4 == k).collect();
+            tokio::spawn(send_all(sluice.client(), share))
+        })
+        .collect();
+
+    let started = Instant::now();
+    for _ in 0..KILLS {
+        tokio::time::sleep(moments.between(Duration::from_millis(1500), Duration::from_millis(5000))).await;
+        sluice.kill();
+        sluice.start();
+    }
+    let mut acknowledged = HashMap::new();
+    let mut failed_calls = 0;
+    for sender in senders {
+        let (acks, failures) = sender.await.unwrap();
+        acknowledged.extend(acks);
+        failed_calls += failures;
+    }
+    assert_eq!(acknowledged.len(), DOCUMENTS);
+    println!(
+        "{KILLS} kills in {:.0?}; {DOCUMENTS} documents acknowledged; {failed_calls} calls failed during crashes and were retried",
+        started.elapsed()
+    );
+
+    // Every acknowledged ingestion ends.
+    let database = sluice_core::db::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("data/sluice.db").display()
+    ))
+    .await
+    .unwrap();
+    let ids: Vec<String> = acknowledged.values().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let rows = sluice_core::db::projection::get_many(&database, TENANT, &ids)
+            .await
+            .unwrap();
+        let ended = rows.iter().filter(|r| r.state != "accepted").count();
+        if ended == ids.len() {
+            assert!(rows.iter().all(|r| r.state == "indexed"), "some ingestion did not index");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ended} of {} ingestions ended", ids.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("all {} ingestions indexed after {:.0?}", ids.len(), started.elapsed());
+
+    // Exactly one terminal event per ingestion, in the log watch streams read.
+    let terminal = database
+        .query_all(Statement::from_string(
+            database.get_database_backend(),
+            "SELECT ingestion_id, COUNT(*) FROM ingestion_events WHERE state <> 'accepted' GROUP BY ingestion_id",
+        ))
+        .await
+        .unwrap();
+    let mut events_per_ingestion = HashMap::new();
+    for row in terminal {
+        let id: String = row.try_get_by_index(0).unwrap();
+        let count: i64 = row.try_get_by_index(1).unwrap();
+        events_per_ingestion.insert(id, count);
+    }
+    for id in &ids {
+        assert_eq!(events_per_ingestion.get(id), Some(&1), "terminal events of {id}");
+    }
+    // Ingestions nobody was told about: records of transactions cut by a crash, which this
+    // broker shows to read_committed readers (Apache Kafka hides them).
+    let acked: HashSet<&String> = ids.iter().collect();
+    let unacknowledged = events_per_ingestion.keys().filter(|id| !acked.contains(id)).count();
+    let completions = read_topic(&broker_kafka(&broker), "sluice.completions").await.len();
+    println!(
+        "terminal events: {} ingestions, each exactly once; {completions} completion records in Kafka; {unacknowledged} ingestions from cut transactions",
+        events_per_ingestion.len()
+    );
+
+    // A graceful stop: finishes and exits 0.
+    let status = sluice.terminate(Duration::from_secs(60)).await;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+
+    // The embedded store, reopened after twenty kills: each document once (one chunk each).
+    let store = sluice_core::vector::edge::EdgeStore::open(&dir.path().join("data/vectors"), 384)
+        .unwrap();
+    let mut points = 0;
+    for i in 0..DOCUMENTS {
+        let count = store.count_document(TENANT, &format!("doc-{i}")).await.unwrap();
+        assert_eq!(count, 1, "points of doc-{i}");
+        points += count;
+    }
+    println!("vector store reopened: {points} points for {DOCUMENTS} documents");
+}
+
+fn broker_kafka(broker: &Broker) -> sluice_core::config::KafkaConfig {
+    sluice_core::config::KafkaConfig {
+        bootstrap_servers: broker.bootstrap(),
+        ..Default::default()
+    }
+}
+
+/// The broker is killed and restarted (persistent storage) while documents arrive one by one:
+/// calls in between are refused with UNAVAILABLE or ABORTED, never OK; every acknowledged
+/// document ends up indexed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing_acknowledged() {
+    use sluice_core::proto::{GetIngestionRequest, IngestRequest, IngestionState};
+    const COUNT: usize = 150;
+    let mut stack = sluice_tests::Stack::start_with_persistent_broker(sluice_tests::Database::Sqlite).await;
+    let client = stack.ingest_client().await;
+    let sender = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let mut refusals: HashMap<Code, usize> = HashMap::new();
+        for i in 0..COUNT {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let mut request = as_tenant(
+                    TENANT,
+                    IngestRequest {
+                        document: Some(document(&format!("doc-{i}"), "Restart", &format!("Document {i} outlives the broker."))),
+                        idempotency_key: format!("key-{i}"),
+                        ..Default::default()
+                    },
+                );
+                request.set_timeout(Duration::from_secs(20));
+                match client.clone().ingest(request).await {
+                    Ok(response) => {
+                        acknowledged.push(response.into_inner().ingestion.unwrap().ingestion_id);
+                        break;
+                    }
+                    Err(status) => {
+                        *refusals.entry(status.code()).or_default() += 1;
+                        assert!(Instant::now() < deadline, "doc-{i} never accepted: {status:?}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (acknowledged, refusals)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.broker.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.broker.restart().await;
+    let (acknowledged, refusals) = sender.await.unwrap();
+    println!("broker restart: {} acknowledged, refusals while it was down: {refusals:?}", acknowledged.len());
+    assert_eq!(acknowledged.len(), COUNT);
+    assert!(!refusals.is_empty(), "the restart went unnoticed; the test proves nothing");
+    for code in refusals.keys() {
+        assert!(
+            matches!(code, Code::Unavailable | Code::Aborted | Code::DeadlineExceeded),
+            "refused with {code:?}"
+        );
+    }
+    let ingest = stack.ingest_client().await;
+    for id in &acknowledged {
+        let ended = sluice_tests::eventually(id, Duration::from_secs(180), || {
+            let mut ingest = ingest.clone();
+            let id = id.clone();
+            async move {
+                let ingestion = ingest
+                    .get_ingestion(as_tenant(TENANT, GetIngestionRequest { ingestion_id: id }))
+                    .await
+                    .ok()?
+                    .into_inner();
+                (sluice_tests::state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
+            }
+        })
+        .await;
+        assert_eq!(sluice_tests::state(&ended), IngestionState::Indexed, "{ended:?}");
+    }
+    let store = &stack.standalone().shared.store;
+    for i in 0..COUNT {
+        assert_eq!(store.count_document(TENANT, &format!("doc-{i}")).await.unwrap(), 1, "doc-{i}");
+    }
+    stack.shutdown().await;
+}
