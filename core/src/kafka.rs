@@ -101,12 +101,30 @@ impl TransactionalProducer {
         records: &[OutgoingRecord],
         offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
     ) -> Result<Vec<Position>, TransactionError> {
+        let retry_purged = offsets.is_none();
         let producer = self.producer.clone();
         blocking(move || producer.begin_transaction())
             .await
             .map_err(|e| self.classify(e))?;
         match self.produce_and_commit(records, offsets).await {
             Ok(positions) => Ok(positions),
+            // After an aborted transaction librdkafka finishes its recovery (a new producer
+            // epoch) by purging what was queued meanwhile: those records never reached the
+            // broker, so the transaction is tried once more.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue)) if retry_purged => {
+                let error = KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue);
+                if let TransactionError::Fatal(message) = self.abort(error).await {
+                    return Err(TransactionError::Fatal(message));
+                }
+                let producer = self.producer.clone();
+                blocking(move || producer.begin_transaction())
+                    .await
+                    .map_err(|e| self.classify(e))?;
+                match self.produce_and_commit(records, None).await {
+                    Ok(positions) => Ok(positions),
+                    Err(error) => Err(self.abort(error).await),
+                }
+            }
             Err(error) => Err(self.abort(error).await),
         }
     }

@@ -311,7 +311,10 @@ impl Cli {
         if let Some(dir) = &self.data_dir {
             overrides.insert("data_dir".into(), json!(dir));
         }
-        Ok(Config::load(self.config.as_deref(), Value::Object(overrides))?)
+        Ok(Config::load(
+            self.config.as_deref(),
+            Value::Object(overrides),
+        )?)
     }
 
     /// The registry in the configured database (migrated on connect, like the gateway's).
@@ -367,11 +370,20 @@ async fn dead_letters(cli: &Cli, command: &DeadLetterCommand) -> anyhow::Result<
         })
         .collect();
     print_table(
-        &["TENANT", "DOCUMENT", "FAILED INGESTION", "NEW INGESTION", "ERROR"],
+        &[
+            "TENANT",
+            "DOCUMENT",
+            "FAILED INGESTION",
+            "NEW INGESTION",
+            "ERROR",
+        ],
         rows,
     );
     if *dry_run {
-        println!("dry run: {} dead letter(s) would be re-driven", report.redriven.len());
+        println!(
+            "dry run: {} dead letter(s) would be re-driven",
+            report.redriven.len()
+        );
     } else {
         println!("re-drove {} dead letter(s)", report.redriven.len());
     }

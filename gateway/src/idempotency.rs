@@ -43,7 +43,10 @@ impl Drop for Turn {
         let mut locks = self.locks.lock().expect("idempotency locks");
         for name in &self.names {
             // Nobody else holds or waits for it (waiters clone it under this lock): forget it.
-            if locks.get(name).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            if locks
+                .get(name)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            {
                 locks.remove(name);
             }
         }

@@ -355,7 +355,7 @@ impl IngestService for IngestApi {
             .collect();
         let (start, snapshot) = match after {
             Some(after) => {
-                self.check_resumable(after, latest).await?;
+                self.check_resumable(&tenant, after, latest).await?;
                 (after, Vec::new())
             }
             // From now on: the given ingestions' current state first, as of `latest`.
@@ -364,9 +364,9 @@ impl IngestService for IngestApi {
                 rows.iter()
                     .map(|row| IngestionEvent {
                         ingestion: Some(to_proto(row)),
-                        event_time: Some(prost_types::Timestamp::from(
-                            std::time::SystemTime::now(),
-                        )),
+                        event_time: Some(
+                            prost_types::Timestamp::from(std::time::SystemTime::now()),
+                        ),
                         cursor: hub::cursor(latest),
                     })
                     .collect(),
@@ -393,14 +393,19 @@ impl IngestService for IngestApi {
 
 impl IngestApi {
     /// A cursor can resume when the events after it are still kept.
-    async fn check_resumable(&self, after: i64, latest: i64) -> Result<(), Status> {
+    async fn check_resumable(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        latest: i64,
+    ) -> Result<(), Status> {
         if after > latest {
             return Err(invalid_argument(&[Violation::new(
                 "after_cursor",
-                "names an event this deployment has not written",
+                "names an event that has not happened",
             )]));
         }
-        let oldest = projection::oldest_seq(&self.db)
+        let oldest = projection::oldest_seq(&self.db, tenant.as_str())
             .await
             .map_err(status::database)?;
         if oldest > after + 1 {

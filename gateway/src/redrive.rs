@@ -94,8 +94,7 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
             report.duplicates += 1;
             continue;
         }
-        let error = header(&message, ERROR)
-            .unwrap_or_default();
+        let error = header(&message, ERROR).unwrap_or_default();
         match DocumentRecord::from_message(&message) {
             Ok(failed) => records.push((failed, error)),
             Err(problem) => report.unreadable.push(format!(
@@ -141,7 +140,11 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
         .context("initialising the re-drive's transactional producer")?;
     let mut offsets = TopicPartitionList::new();
     for (partition, offset) in &next_offsets {
-        offsets.add_partition_offset(&kafka.dead_letter_topic, *partition, Offset::Offset(*offset))?;
+        offsets.add_partition_offset(
+            &kafka.dead_letter_topic,
+            *partition,
+            Offset::Offset(*offset),
+        )?;
     }
     let group = consumer
         .group_metadata()

@@ -31,7 +31,10 @@ async fn records_per_document(stack: &Stack) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for message in read_topic(&stack.config.kafka, &stack.config.kafka.documents_topic).await {
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let document = key.split_once('/').map(|(_, d)| d.to_owned()).unwrap_or(key);
+        let document = key
+            .split_once('/')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or(key);
         *counts.entry(document).or_default() += 1;
     }
     counts
@@ -45,18 +48,36 @@ async fn repeated_requests_write_once(database: Database) {
     };
 
     // Same idempotency key: the first ingestion, even when the retry's body differs.
-    let keyed = id(ingest.ingest(ingest_request("keyed", "First text.", "k-1")).await.unwrap());
-    let again = id(ingest.ingest(ingest_request("keyed", "Other text.", "k-1")).await.unwrap());
+    let keyed = id(ingest
+        .ingest(ingest_request("keyed", "First text.", "k-1"))
+        .await
+        .unwrap());
+    let again = id(ingest
+        .ingest(ingest_request("keyed", "Other text.", "k-1"))
+        .await
+        .unwrap());
     assert_eq!(keyed, again);
 
     // No key: the same document with the same content is a repeat; changed content is not.
-    let plain = id(ingest.ingest(ingest_request("plain", "Same words.", "")).await.unwrap());
-    let repeat = id(ingest.ingest(ingest_request("plain", "Same words.", "")).await.unwrap());
+    let plain = id(ingest
+        .ingest(ingest_request("plain", "Same words.", ""))
+        .await
+        .unwrap());
+    let repeat = id(ingest
+        .ingest(ingest_request("plain", "Same words.", ""))
+        .await
+        .unwrap());
     assert_eq!(plain, repeat);
-    let edited = id(ingest.ingest(ingest_request("plain", "New words.", "")).await.unwrap());
+    let edited = id(ingest
+        .ingest(ingest_request("plain", "New words.", ""))
+        .await
+        .unwrap());
     assert_ne!(plain, edited);
     // Going back to the first content is a change of its own, not a repeat of the first.
-    let reverted = id(ingest.ingest(ingest_request("plain", "Same words.", "")).await.unwrap());
+    let reverted = id(ingest
+        .ingest(ingest_request("plain", "Same words.", ""))
+        .await
+        .unwrap());
     assert_ne!(reverted, plain);
     // After a deletion, the same content again is written again.
     ingest
@@ -69,8 +90,10 @@ async fn repeated_requests_write_once(database: Database) {
         ))
         .await
         .unwrap();
-    let after_delete =
-        id(ingest.ingest(ingest_request("plain", "Same words.", "")).await.unwrap());
+    let after_delete = id(ingest
+        .ingest(ingest_request("plain", "Same words.", ""))
+        .await
+        .unwrap());
     assert_ne!(after_delete, reverted);
 
     // A batch with a key, repeated: the same ingestions.
@@ -86,11 +109,21 @@ async fn repeated_requests_write_once(database: Database) {
             },
         )
     };
-    let first: Vec<String> = ingest.ingest_batch(batch()).await.unwrap().into_inner().ingestions
+    let first: Vec<String> = ingest
+        .ingest_batch(batch())
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestions
         .into_iter()
         .map(|i| i.ingestion_id)
         .collect();
-    let second: Vec<String> = ingest.ingest_batch(batch()).await.unwrap().into_inner().ingestions
+    let second: Vec<String> = ingest
+        .ingest_batch(batch())
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestions
         .into_iter()
         .map(|i| i.ingestion_id)
         .collect();
@@ -99,7 +132,12 @@ async fn repeated_requests_write_once(database: Database) {
     // Eight copies of one request at once: one ingestion.
     let copies = (0..8).map(|_| {
         let mut client = ingest.clone();
-        async move { id(client.ingest(ingest_request("racing", "Concurrent copies.", "")).await.unwrap()) }
+        async move {
+            id(client
+                .ingest(ingest_request("racing", "Concurrent copies.", ""))
+                .await
+                .unwrap())
+        }
     });
     let ids = futures::future::join_all(copies).await;
     assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
@@ -136,7 +174,10 @@ async fn exactly(stream: &mut Streaming<IngestionEvent>, n: usize) -> Vec<Ingest
         events.push(event);
     }
     let extra = tokio::time::timeout(Duration::from_millis(1500), stream.next()).await;
-    assert!(extra.is_err(), "an event beyond the {n} expected: {extra:?}");
+    assert!(
+        extra.is_err(),
+        "an event beyond the {n} expected: {extra:?}"
+    );
     events
 }
 

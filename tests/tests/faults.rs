@@ -116,7 +116,10 @@ retry_initial_ms = 20
             .args(["--standalone", "--config"])
             .arg(&self.config)
             .env("SLUICE_MODEL_DIR", model_dir())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -143,7 +146,10 @@ retry_initial_ms = 20
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "no exit within {limit:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {limit:?} of SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -166,12 +172,21 @@ impl Drop for Process {
 
 /// Sends every batch until it is acknowledged, retrying with the same idempotency key.
 /// Returns the acknowledged ingestion id of each document, and how many calls failed.
-async fn send_all(client: IngestServiceClient<Channel>, batches: Vec<usize>) -> (HashMap<String, String>, usize) {
+async fn send_all(
+    client: IngestServiceClient<Channel>,
+    batches: Vec<usize>,
+) -> (HashMap<String, String>, usize) {
     let mut acknowledged = HashMap::new();
     let mut failures = 0;
     for batch in batches {
         let documents: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
-            .map(|i| document(&format!("doc-{i}"), "Fault", &format!("Document number {i} survives crashes.")))
+            .map(|i| {
+                document(
+                    &format!("doc-{i}"),
+                    "Fault",
+                    &format!("Document number {i} survives crashes."),
+                )
+            })
             .collect();
         loop {
             let request = as_tenant(
@@ -191,7 +206,14 @@ async fn send_all(client: IngestServiceClient<Channel>, batches: Vec<usize>) -> 
                 Err(status) => {
                     // A crash mid-call is never answered OK; it is one of these.
                     assert!(
-                        matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal | Code::DeadlineExceeded),
+                        matches!(
+                            status.code(),
+                            Code::Unavailable
+                                | Code::Unknown
+                                | Code::Cancelled
+                                | Code::Internal
+                                | Code::DeadlineExceeded
+                        ),
                         "unexpected refusal: {status:?}"
                     );
                     failures += 1;
@@ -222,7 +244,10 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
 
     let started = Instant::now();
     for _ in 0..KILLS {
-        tokio::time::sleep(moments.between(Duration::from_millis(1500), Duration::from_millis(5000))).await;
+        tokio::time::sleep(
+            moments.between(Duration::from_millis(1500), Duration::from_millis(5000)),
+        )
+        .await;
         sluice.kill();
         sluice.start();
     }
@@ -254,13 +279,24 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
             .unwrap();
         let ended = rows.iter().filter(|r| r.state != "accepted").count();
         if ended == ids.len() {
-            assert!(rows.iter().all(|r| r.state == "indexed"), "some ingestion did not index");
+            assert!(
+                rows.iter().all(|r| r.state == "indexed"),
+                "some ingestion did not index"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "{ended} of {} ingestions ended", ids.len());
+        assert!(
+            Instant::now() < deadline,
+            "{ended} of {} ingestions ended",
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("all {} ingestions indexed after {:.0?}", ids.len(), started.elapsed());
+    println!(
+        "all {} ingestions indexed after {:.0?}",
+        ids.len(),
+        started.elapsed()
+    );
 
     // Exactly one terminal event per ingestion, in the log watch streams read.
     let terminal = database
@@ -277,13 +313,22 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
         events_per_ingestion.insert(id, count);
     }
     for id in &ids {
-        assert_eq!(events_per_ingestion.get(id), Some(&1), "terminal events of {id}");
+        assert_eq!(
+            events_per_ingestion.get(id),
+            Some(&1),
+            "terminal events of {id}"
+        );
     }
     // Ingestions nobody was told about: records of transactions cut by a crash, which this
     // broker shows to read_committed readers (Apache Kafka hides them).
     let acked: HashSet<&String> = ids.iter().collect();
-    let unacknowledged = events_per_ingestion.keys().filter(|id| !acked.contains(id)).count();
-    let completions = read_topic(&broker_kafka(&broker), "sluice.completions").await.len();
+    let unacknowledged = events_per_ingestion
+        .keys()
+        .filter(|id| !acked.contains(id))
+        .count();
+    let completions = read_topic(&broker_kafka(&broker), "sluice.completions")
+        .await
+        .len();
     println!(
         "terminal events: {} ingestions, each exactly once; {completions} completion records in Kafka; {unacknowledged} ingestions from cut transactions",
         events_per_ingestion.len()
@@ -294,11 +339,14 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
     assert!(status.success(), "exit after SIGTERM: {status:?}");
 
     // The embedded store, reopened after twenty kills: each document once (one chunk each).
-    let store = sluice_core::vector::edge::EdgeStore::open(&dir.path().join("data/vectors"), 384)
-        .unwrap();
+    let store =
+        sluice_core::vector::edge::EdgeStore::open(&dir.path().join("data/vectors"), 384).unwrap();
     let mut points = 0;
     for i in 0..DOCUMENTS {
-        let count = store.count_document(TENANT, &format!("doc-{i}")).await.unwrap();
+        let count = store
+            .count_document(TENANT, &format!("doc-{i}"))
+            .await
+            .unwrap();
         assert_eq!(count, 1, "points of doc-{i}");
         points += count;
     }
@@ -319,7 +367,8 @@ fn broker_kafka(broker: &Broker) -> sluice_core::config::KafkaConfig {
 async fn a_broker_restart_loses_nothing_acknowledged() {
     use sluice_core::proto::{GetIngestionRequest, IngestRequest, IngestionState};
     const COUNT: usize = 150;
-    let mut stack = sluice_tests::Stack::start_with_persistent_broker(sluice_tests::Database::Sqlite).await;
+    let mut stack =
+        sluice_tests::Stack::start_with_persistent_broker(sluice_tests::Database::Sqlite).await;
     let client = stack.ingest_client().await;
     let sender = tokio::spawn(async move {
         let mut acknowledged = Vec::new();
@@ -330,7 +379,11 @@ async fn a_broker_restart_loses_nothing_acknowledged() {
                 let mut request = as_tenant(
                     TENANT,
                     IngestRequest {
-                        document: Some(document(&format!("doc-{i}"), "Restart", &format!("Document {i} outlives the broker."))),
+                        document: Some(document(
+                            &format!("doc-{i}"),
+                            "Restart",
+                            &format!("Document {i} outlives the broker."),
+                        )),
                         idempotency_key: format!("key-{i}"),
                         ..Default::default()
                     },
@@ -343,7 +396,10 @@ async fn a_broker_restart_loses_nothing_acknowledged() {
                     }
                     Err(status) => {
                         *refusals.entry(status.code()).or_default() += 1;
-                        assert!(Instant::now() < deadline, "doc-{i} never accepted: {status:?}");
+                        assert!(
+                            Instant::now() < deadline,
+                            "doc-{i} never accepted: {status:?}"
+                        );
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                 }
@@ -357,12 +413,21 @@ async fn a_broker_restart_loses_nothing_acknowledged() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stack.broker.restart().await;
     let (acknowledged, refusals) = sender.await.unwrap();
-    println!("broker restart: {} acknowledged, refusals while it was down: {refusals:?}", acknowledged.len());
+    println!(
+        "broker restart: {} acknowledged, refusals while it was down: {refusals:?}",
+        acknowledged.len()
+    );
     assert_eq!(acknowledged.len(), COUNT);
-    assert!(!refusals.is_empty(), "the restart went unnoticed; the test proves nothing");
+    assert!(
+        !refusals.is_empty(),
+        "the restart went unnoticed; the test proves nothing"
+    );
     for code in refusals.keys() {
         assert!(
-            matches!(code, Code::Unavailable | Code::Aborted | Code::DeadlineExceeded),
+            matches!(
+                code,
+                Code::Unavailable | Code::Aborted | Code::DeadlineExceeded
+            ),
             "refused with {code:?}"
         );
     }
@@ -381,11 +446,22 @@ async fn a_broker_restart_loses_nothing_acknowledged() {
             }
         })
         .await;
-        assert_eq!(sluice_tests::state(&ended), IngestionState::Indexed, "{ended:?}");
+        assert_eq!(
+            sluice_tests::state(&ended),
+            IngestionState::Indexed,
+            "{ended:?}"
+        );
     }
     let store = &stack.standalone().shared.store;
     for i in 0..COUNT {
-        assert_eq!(store.count_document(TENANT, &format!("doc-{i}")).await.unwrap(), 1, "doc-{i}");
+        assert_eq!(
+            store
+                .count_document(TENANT, &format!("doc-{i}"))
+                .await
+                .unwrap(),
+            1,
+            "doc-{i}"
+        );
     }
     stack.shutdown().await;
 }

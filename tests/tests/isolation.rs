@@ -125,6 +125,7 @@ async fn tenants_are_isolated(database: Database) {
         .ingest
         .watch_ingestions(WatchIngestionsRequest {
             ingestion_ids: vec![acme_ingestion.ingestion_id.clone()],
+            ..Default::default()
         })
         .await
         .expect_err("another tenant's ingestion cannot be watched");

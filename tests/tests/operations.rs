@@ -295,6 +295,7 @@ async fn waiting_past_the_deadline_names_the_ingestion() {
             TENANT,
             WatchIngestionsRequest {
                 ingestion_ids: vec![id.clone()],
+                ..Default::default()
             },
         ))
         .await
@@ -511,29 +512,33 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
     assert_eq!(report.redriven.len(), 1, "{report:?}");
     let redriven = &report.redriven[0];
     assert_eq!(
-        (redriven.document_id.as_str(), redriven.failed_ingestion_id.as_str()),
+        (
+            redriven.document_id.as_str(),
+            redriven.failed_ingestion_id.as_str()
+        ),
         ("doomed", doomed.ingestion_id.as_str())
     );
     assert!(redriven.error.contains("injected failure"), "{redriven:?}");
     let new_id = redriven.ingestion_id.clone().unwrap();
-    let ended = sluice_tests::eventually("the re-driven ingestion", Duration::from_secs(60), || {
-        let mut ingest = ingest.clone();
-        let new_id = new_id.clone();
-        async move {
-            let ingestion = ingest
-                .get_ingestion(as_tenant(
-                    TENANT,
-                    sluice_core::proto::GetIngestionRequest {
-                        ingestion_id: new_id,
-                    },
-                ))
-                .await
-                .ok()?
-                .into_inner();
-            (state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
-        }
-    })
-    .await;
+    let ended =
+        sluice_tests::eventually("the re-driven ingestion", Duration::from_secs(60), || {
+            let mut ingest = ingest.clone();
+            let new_id = new_id.clone();
+            async move {
+                let ingestion = ingest
+                    .get_ingestion(as_tenant(
+                        TENANT,
+                        sluice_core::proto::GetIngestionRequest {
+                            ingestion_id: new_id,
+                        },
+                    ))
+                    .await
+                    .ok()?
+                    .into_inner();
+                (state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
+            }
+        })
+        .await;
     assert_eq!(state(&ended), IngestionState::Indexed, "{ended:?}");
     assert_eq!(
         shared.store.count_document(TENANT, "doomed").await.unwrap(),

@@ -1,6 +1,7 @@
-//! The ingestion event log: one row per change of an ingestion's state, numbered in commit
-//! order. A watch stream's cursor is the number of the last event it delivered, so a client
-//! that reconnects with it resumes exactly after that event, on any gateway.
+//! The ingestion event log: one row per change of an ingestion's state, numbered per tenant in
+//! commit order. A watch stream's cursor is the tenant's number of the last event it delivered,
+//! so a client that reconnects with it resumes exactly after that event, on any gateway. The
+//! numbers are per tenant so that a tenant learns nothing of another's activity from them.
 
 use sea_orm::entity::prelude::*;
 
@@ -12,6 +13,8 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub seq: i64,
     pub tenant: String,
+    /// 1, 2, 3, … within the tenant: the cursor.
+    pub tenant_seq: i64,
     pub ingestion_id: String,
     pub document_id: String,
     pub operation: String,
@@ -54,12 +57,13 @@ impl Model {
     }
 }
 
-/// The event recording `row`'s current state (its number is assigned on insert).
-pub fn recording(row: &ingestion::Model, event_at_ms: i64) -> ActiveModel {
+/// The event recording `row`'s current state as the tenant's event number `tenant_seq`.
+pub fn recording(row: &ingestion::Model, tenant_seq: i64, event_at_ms: i64) -> ActiveModel {
     use sea_orm::ActiveValue::{NotSet, Set};
     ActiveModel {
         seq: NotSet,
         tenant: Set(row.tenant.clone()),
+        tenant_seq: Set(tenant_seq),
         ingestion_id: Set(row.ingestion_id.clone()),
         document_id: Set(row.document_id.clone()),
         operation: Set(row.operation.clone()),

@@ -251,6 +251,7 @@ enum IngestionEvents {
     Table,
     Seq,
     Tenant,
+    TenantSeq,
     IngestionId,
     DocumentId,
     Operation,
@@ -289,6 +290,7 @@ impl MigrationTrait for CreateIngestionEvents {
                             .primary_key(),
                     )
                     .col(string(IngestionEvents::Tenant))
+                    .col(big_integer(IngestionEvents::TenantSeq))
                     .col(string(IngestionEvents::IngestionId))
                     .col(string(IngestionEvents::DocumentId))
                     .col(string(IngestionEvents::Operation))
@@ -310,7 +312,8 @@ impl MigrationTrait for CreateIngestionEvents {
                     .name("ingestion_events_tenant_seq")
                     .table(IngestionEvents::Table)
                     .col(IngestionEvents::Tenant)
-                    .col(IngestionEvents::Seq)
+                    .col(IngestionEvents::TenantSeq)
+                    .unique()
                     .if_not_exists()
                     .to_owned(),
             )

@@ -7,8 +7,10 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
+
+use std::collections::HashMap;
 
 use super::event;
 use super::ingestion::{self, Column, Entity, Model, ACCEPTED, DELETED, FAILED, INDEXED};
@@ -23,49 +25,49 @@ pub struct Change {
 }
 
 /// Starts a transaction that appends events. Writers take turns so that events become
-/// visible in number order: a watch stream that has read event n must never later find a
-/// smaller number appear. SQLite serialises writers by itself (each of these transactions
-/// writes first); PostgreSQL needs the lock.
+/// visible in number order (a watch stream that has read event n must never later find a
+/// smaller number appear) and so that what a writer reads before it writes stays true.
 async fn begin_event_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
     let txn = db.begin().await?;
-    if txn.get_database_backend() == DatabaseBackend::Postgres {
-        txn.execute_unprepared("LOCK TABLE ingestion_events IN EXCLUSIVE MODE")
-            .await?;
+    match txn.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            txn.execute_unprepared("LOCK TABLE ingestion_events IN EXCLUSIVE MODE")
+                .await?;
+        }
+        // A write statement, even one that matches nothing, takes SQLite's write lock now
+        // (waiting up to busy_timeout), rather than failing a later upgrade from a read.
+        _ => {
+            txn.execute_unprepared("DELETE FROM ingestion_events WHERE 0 = 1")
+                .await?;
+        }
     }
     Ok(txn)
 }
 
 /// Appends an event for each row, in order, and returns the rows with their numbers.
 async fn append_events(txn: &DatabaseTransaction, rows: Vec<Model>) -> Result<Vec<Change>, DbErr> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let at = now_ms();
-    let before = latest_seq(txn).await?;
-    event::Entity::insert_many(rows.iter().map(|row| event::recording(row, at)))
+    let mut next: HashMap<String, i64> = HashMap::new();
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq = match next.get(&row.tenant) {
+            Some(seq) => *seq,
+            // Writers take turns (see begin_event_write): nobody else numbers meanwhile.
+            None => latest_seq(txn, &row.tenant).await? + 1,
+        };
+        next.insert(row.tenant.clone(), seq + 1);
+        changes.push(Change { row, seq });
+    }
+    if !changes.is_empty() {
+        event::Entity::insert_many(
+            changes
+                .iter()
+                .map(|change| event::recording(&change.row, change.seq, at)),
+        )
         .exec_without_returning(txn)
         .await?;
-    // Writers take turns (see begin_event_write), so every event after `before` is ours.
-    let seqs: Vec<i64> = event::Entity::find()
-        .select_only()
-        .column(event::Column::Seq)
-        .filter(event::Column::Seq.gt(before))
-        .order_by_asc(event::Column::Seq)
-        .into_tuple()
-        .all(txn)
-        .await?;
-    if seqs.len() != rows.len() {
-        return Err(DbErr::Custom(format!(
-            "appended {} events but found {}",
-            rows.len(),
-            seqs.len()
-        )));
     }
-    Ok(rows
-        .into_iter()
-        .zip(seqs)
-        .map(|(row, seq)| Change { row, seq })
-        .collect())
+    Ok(changes)
 }
 
 /// Records ingestions whose transaction committed, each with its ACCEPTED event. Rows a
@@ -80,33 +82,29 @@ pub async fn record_accepted(
     }
     let ids: Vec<String> = rows.iter().map(|r| r.ingestion_id.clone()).collect();
     let txn = begin_event_write(db).await?;
-    let models = rows
-        .iter()
-        .cloned()
-        .map(ingestion::ActiveModel::from)
-        .collect::<Vec<_>>();
-    Entity::insert_many(models)
-        .on_conflict(
-            OnConflict::column(Column::IngestionId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-    // Ingestion ids are fresh for every request, so an `accepted` row is one inserted above;
-    // a row a completion created first has already ended.
-    let ours: Vec<String> = Entity::find()
+    // Rows already there were recorded before, or created by a completion that overtook this
+    // record (the ingestion has ended: no ACCEPTED after the end).
+    let existing: Vec<String> = Entity::find()
         .select_only()
         .column(Column::IngestionId)
         .filter(Column::IngestionId.is_in(ids))
-        .filter(Column::State.eq(ACCEPTED))
         .into_tuple()
         .all(&txn)
         .await?;
     let recorded: Vec<Model> = rows
         .into_iter()
-        .filter(|row| ours.contains(&row.ingestion_id))
+        .filter(|row| !existing.contains(&row.ingestion_id))
         .collect();
+    if !recorded.is_empty() {
+        Entity::insert_many(
+            recorded
+                .iter()
+                .cloned()
+                .map(ingestion::ActiveModel::from),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    }
     let changes = append_events(&txn, recorded).await?;
     txn.commit().await?;
     Ok(changes)
@@ -241,11 +239,12 @@ pub async fn latest_of_document(
         .await
 }
 
-/// The number of the latest event of any tenant (0 when there is none).
-pub async fn latest_seq(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+/// The number of the tenant's latest event (0 when there is none).
+pub async fn latest_seq(db: &impl ConnectionTrait, tenant: &str) -> Result<i64, DbErr> {
     let latest: Option<Option<i64>> = event::Entity::find()
         .select_only()
-        .column_as(event::Column::Seq.max(), "latest")
+        .column_as(event::Column::TenantSeq.max(), "latest")
+        .filter(event::Column::Tenant.eq(tenant))
         .into_tuple()
         .one(db)
         .await?;
@@ -263,19 +262,19 @@ pub async fn events_after(
 ) -> Result<Vec<event::Model>, DbErr> {
     let mut query = event::Entity::find()
         .filter(event::Column::Tenant.eq(tenant))
-        .filter(event::Column::Seq.gt(after));
+        .filter(event::Column::TenantSeq.gt(after));
     if let Some(ids) = ingestion_ids {
         query = query.filter(event::Column::IngestionId.is_in(ids.iter().cloned()));
     }
     query
-        .order_by_asc(event::Column::Seq)
+        .order_by_asc(event::Column::TenantSeq)
         .limit(limit)
         .all(db)
         .await
 }
 
-/// A consistent view for a new watch stream: the latest event number and, at that very
-/// moment, the current rows of `ingestion_ids`.
+/// A consistent view for a new watch stream: the tenant's latest event number and, at that
+/// very moment, the current rows of `ingestion_ids`.
 pub async fn snapshot(
     db: &DatabaseConnection,
     tenant: &str,
@@ -289,7 +288,7 @@ pub async fn snapshot(
         // A SQLite transaction reads one snapshot already.
         _ => db.begin().await?,
     };
-    let latest = latest_seq(&txn).await?;
+    let latest = latest_seq(&txn, tenant).await?;
     let rows = if ingestion_ids.is_empty() {
         Vec::new()
     } else {
@@ -299,20 +298,32 @@ pub async fn snapshot(
     Ok((latest, rows))
 }
 
-/// Removes events older than `before_ms`; cursors pointing before them can no longer resume.
+/// Removes events older than `before_ms`, except each tenant's latest (its number carries the
+/// count on); cursors pointing before what remains can no longer resume.
 pub async fn prune_events(db: &impl ConnectionTrait, before_ms: i64) -> Result<u64, DbErr> {
-    Ok(event::Entity::delete_many()
-        .filter(event::Column::EventAtMs.lt(before_ms))
-        .exec(db)
-        .await?
-        .rows_affected)
+    let statement = Statement::from_sql_and_values(
+        db.get_database_backend(),
+        match db.get_database_backend() {
+            DatabaseBackend::Postgres => {
+                "DELETE FROM ingestion_events WHERE event_at_ms < $1 AND seq NOT IN \
+                 (SELECT MAX(seq) FROM ingestion_events GROUP BY tenant)"
+            }
+            _ => {
+                "DELETE FROM ingestion_events WHERE event_at_ms < ? AND seq NOT IN \
+                 (SELECT MAX(seq) FROM ingestion_events GROUP BY tenant)"
+            }
+        },
+        [before_ms.into()],
+    );
+    Ok(db.execute(statement).await?.rows_affected())
 }
 
-/// The oldest event still kept (0 when there is none).
-pub async fn oldest_seq(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+/// The number of the tenant's oldest event still kept (0 when there is none).
+pub async fn oldest_seq(db: &impl ConnectionTrait, tenant: &str) -> Result<i64, DbErr> {
     let oldest: Option<Option<i64>> = event::Entity::find()
         .select_only()
-        .column_as(event::Column::Seq.min(), "oldest")
+        .column_as(event::Column::TenantSeq.min(), "oldest")
+        .filter(event::Column::Tenant.eq(tenant))
         .into_tuple()
         .one(db)
         .await?;
@@ -377,7 +388,10 @@ mod tests {
             .await
             .unwrap()
             .expect("the first completion ends the ingestion");
-        assert_eq!((first.row.state.as_str(), first.row.chunk_count), (INDEXED, 3));
+        assert_eq!(
+            (first.row.state.as_str(), first.row.chunk_count),
+            (INDEXED, 3)
+        );
         assert!(first.seq > recorded[0].seq, "events are numbered in order");
         // A second delivery, even with another outcome, changes nothing and says so.
         assert_eq!(
@@ -406,19 +420,26 @@ mod tests {
             .iter()
             .map(|e| (e.ingestion_id.as_str(), e.state.as_str()))
             .collect();
+        assert_eq!(states, [("i1", ACCEPTED), ("i1", INDEXED), ("i2", INDEXED)]);
         assert_eq!(
-            states,
-            [("i1", ACCEPTED), ("i1", INDEXED), ("i2", INDEXED)]
+            events.iter().map(|e| e.tenant_seq).collect::<Vec<_>>(),
+            [1, 2, 3]
         );
-        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
-        let after_first = events_after(&db, "a", events[0].seq, Some(&["i2".into()]), 100)
+        let after_first = events_after(&db, "a", 1, Some(&["i2".into()]), 100)
             .await
             .unwrap();
         assert_eq!(after_first.len(), 1);
-        assert!(events_after(&db, "b", 0, None, 100).await.unwrap().is_empty());
-        assert_eq!(latest_seq(&db).await.unwrap(), events[2].seq);
+        assert!(events_after(&db, "b", 0, None, 100)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(latest_seq(&db, "a").await.unwrap(), 3);
+        assert_eq!(latest_seq(&db, "b").await.unwrap(), 0);
         let (latest, rows) = snapshot(&db, "a", &["i1".into()]).await.unwrap();
-        assert_eq!((latest, rows.len()), (events[2].seq, 1));
+        assert_eq!((latest, rows.len()), (3, 1));
+        // Pruning keeps each tenant's latest event, so numbering carries on.
+        assert_eq!(prune_events(&db, now_ms() + 1).await.unwrap(), 2);
+        assert_eq!(oldest_seq(&db, "a").await.unwrap(), 3);
 
         // Tenants never see each other's rows.
         assert!(get(&db, "b", "i1").await.unwrap().is_none());
