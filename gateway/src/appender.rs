@@ -244,7 +244,6 @@ mod tests {
         );
         assert!(append().await.is_ok(), "after fencing, with a new producer");
 
-        drop(append);
         drop(appender);
         task.await.unwrap();
     }

@@ -83,22 +83,7 @@ impl IngestApi {
             .iter()
             .zip(positions)
             .zip(idempotency_keys)
-            .map(|((record, position), idempotency_key)| ingestion::Model {
-                ingestion_id: record.ingestion_id.clone(),
-                tenant: record.tenant.to_string(),
-                document_id: record.document_id.clone(),
-                operation: record.operation.as_str().to_owned(),
-                state: ingestion::ACCEPTED.to_owned(),
-                kafka_topic: position.topic,
-                kafka_partition: position.partition,
-                kafka_offset: position.offset,
-                chunk_count: 0,
-                failure_reason: None,
-                idempotency_key,
-                accepted_at_ms: record.accepted_at_ms,
-                completed_at_ms: None,
-                content_hash: Some(record.content_hash()),
-            })
+            .map(|((record, position), key)| projection::accepted_row(record, position, key))
             .collect();
         // The records are durably in Kafka: the client hears OK even if the projection lags;
         // the completion will create the row.
@@ -349,7 +334,7 @@ impl IngestService for IngestApi {
         }
         let pending: HashSet<String> = rows
             .iter()
-            .map(|row| to_proto(row))
+            .map(to_proto)
             .filter(|ingestion| !is_terminal(ingestion))
             .map(|ingestion| ingestion.ingestion_id)
             .collect();

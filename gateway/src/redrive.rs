@@ -16,7 +16,7 @@ use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_core::config::Config;
-use sluice_core::db::{ingestion, projection};
+use sluice_core::db::projection;
 use sluice_core::kafka::{read_committed_consumer, OutgoingRecord, TransactionalProducer};
 use sluice_core::record::{now_ms, DocumentRecord};
 use sluice_worker::consumer::dead_letter_header::{
@@ -161,22 +161,7 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
     let rows = fresh
         .iter()
         .zip(positions)
-        .map(|(record, position)| ingestion::Model {
-            ingestion_id: record.ingestion_id.clone(),
-            tenant: record.tenant.to_string(),
-            document_id: record.document_id.clone(),
-            operation: record.operation.as_str().to_owned(),
-            state: ingestion::ACCEPTED.to_owned(),
-            kafka_topic: position.topic,
-            kafka_partition: position.partition,
-            kafka_offset: position.offset,
-            chunk_count: 0,
-            failure_reason: None,
-            idempotency_key: None,
-            accepted_at_ms: record.accepted_at_ms,
-            completed_at_ms: None,
-            content_hash: Some(record.content_hash()),
-        })
+        .map(|(record, position)| projection::accepted_row(record, position, None))
         .collect();
     if let Err(error) = projection::record_accepted(&db, rows).await {
         tracing::warn!(%error, "re-driven ingestions not recorded; their completions will");

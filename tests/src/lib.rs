@@ -512,6 +512,46 @@ pub async fn read_topic(
     .expect("reader task")
 }
 
+/// Asks GetIngestion (as `tenant`, through the development header) until the ingestion has
+/// ended; panics after `timeout`.
+pub async fn ended(
+    ingest: &IngestServiceClient<Channel>,
+    tenant: &str,
+    ingestion_id: &str,
+    timeout: Duration,
+) -> Ingestion {
+    eventually(ingestion_id, timeout, || {
+        let mut ingest = ingest.clone();
+        let request = as_tenant(
+            tenant,
+            sluice_core::proto::GetIngestionRequest {
+                ingestion_id: ingestion_id.to_owned(),
+            },
+        );
+        async move {
+            let ingestion = ingest.get_ingestion(request).await.ok()?.into_inner();
+            (state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
+        }
+    })
+    .await
+}
+
+/// Asserts that each of `documents` has exactly `points` points in the store.
+pub async fn assert_points(
+    store: &dyn sluice_core::vector::VectorStore,
+    tenant: &str,
+    documents: impl IntoIterator<Item = String>,
+    points: u64,
+) {
+    for document in documents {
+        let count = store
+            .count_document(tenant, &document)
+            .await
+            .expect("count points");
+        assert_eq!(count, points, "points of {document}");
+    }
+}
+
 /// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

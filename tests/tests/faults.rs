@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, Statement};
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::IngestBatchRequest;
-use sluice_core::vector::VectorStore;
 use sluice_tests::{as_tenant, document, free_port, model_dir, read_topic, Broker};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -341,16 +340,14 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
     // The embedded store, reopened after twenty kills: each document once (one chunk each).
     let store =
         sluice_core::vector::edge::EdgeStore::open(&dir.path().join("data/vectors"), 384).unwrap();
-    let mut points = 0;
-    for i in 0..DOCUMENTS {
-        let count = store
-            .count_document(TENANT, &format!("doc-{i}"))
-            .await
-            .unwrap();
-        assert_eq!(count, 1, "points of doc-{i}");
-        points += count;
-    }
-    println!("vector store reopened: {points} points for {DOCUMENTS} documents");
+    sluice_tests::assert_points(
+        &store,
+        TENANT,
+        (0..DOCUMENTS).map(|i| format!("doc-{i}")),
+        1,
+    )
+    .await;
+    println!("vector store reopened: one point for each of the {DOCUMENTS} documents");
 }
 
 fn broker_kafka(broker: &Broker) -> sluice_core::config::KafkaConfig {
@@ -365,7 +362,7 @@ fn broker_kafka(broker: &Broker) -> sluice_core::config::KafkaConfig {
 /// document ends up indexed, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing_acknowledged() {
-    use sluice_core::proto::{GetIngestionRequest, IngestRequest, IngestionState};
+    use sluice_core::proto::{IngestRequest, IngestionState};
     const COUNT: usize = 150;
     let mut stack =
         sluice_tests::Stack::start_with_persistent_broker(sluice_tests::Database::Sqlite).await;
@@ -433,35 +430,19 @@ async fn a_broker_restart_loses_nothing_acknowledged() {
     }
     let ingest = stack.ingest_client().await;
     for id in &acknowledged {
-        let ended = sluice_tests::eventually(id, Duration::from_secs(180), || {
-            let mut ingest = ingest.clone();
-            let id = id.clone();
-            async move {
-                let ingestion = ingest
-                    .get_ingestion(as_tenant(TENANT, GetIngestionRequest { ingestion_id: id }))
-                    .await
-                    .ok()?
-                    .into_inner();
-                (sluice_tests::state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
-            }
-        })
-        .await;
+        let ended = sluice_tests::ended(&ingest, TENANT, id, Duration::from_secs(180)).await;
         assert_eq!(
             sluice_tests::state(&ended),
             IngestionState::Indexed,
             "{ended:?}"
         );
     }
-    let store = &stack.standalone().shared.store;
-    for i in 0..COUNT {
-        assert_eq!(
-            store
-                .count_document(TENANT, &format!("doc-{i}"))
-                .await
-                .unwrap(),
-            1,
-            "doc-{i}"
-        );
-    }
+    sluice_tests::assert_points(
+        stack.standalone().shared.store.as_ref(),
+        TENANT,
+        (0..COUNT).map(|i| format!("doc-{i}")),
+        1,
+    )
+    .await;
     stack.shutdown().await;
 }

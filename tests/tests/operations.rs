@@ -244,22 +244,16 @@ async fn a_restarted_worker_resumes_from_committed_offsets() {
         "one terminal event per ingestion: {terminal:?}"
     );
     assert!(indexed_before_restart < 24, "the crash came mid-stream");
-    let store = stack.standalone().shared.store.clone();
-    for i in 0..24 {
-        assert_eq!(
-            store
-                .count_document(TENANT, &format!("doc-{i}"))
-                .await
-                .unwrap(),
-            1,
-            "doc-{i}"
-        );
-    }
+    sluice_tests::assert_points(
+        stack.standalone().shared.store.as_ref(),
+        TENANT,
+        (0..24).map(|i| format!("doc-{i}")),
+        1,
+    )
+    .await;
     // No stray terminal events arrive late.
     let late = tokio::time::timeout(Duration::from_secs(2), watch.next()).await;
     assert!(late.is_err(), "unexpected event {late:?}");
-    // The store must close before the stack deletes its directory.
-    drop(store);
     stack.shutdown().await;
 }
 
@@ -520,25 +514,7 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
     );
     assert!(redriven.error.contains("injected failure"), "{redriven:?}");
     let new_id = redriven.ingestion_id.clone().unwrap();
-    let ended =
-        sluice_tests::eventually("the re-driven ingestion", Duration::from_secs(60), || {
-            let mut ingest = ingest.clone();
-            let new_id = new_id.clone();
-            async move {
-                let ingestion = ingest
-                    .get_ingestion(as_tenant(
-                        TENANT,
-                        sluice_core::proto::GetIngestionRequest {
-                            ingestion_id: new_id,
-                        },
-                    ))
-                    .await
-                    .ok()?
-                    .into_inner();
-                (state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
-            }
-        })
-        .await;
+    let ended = sluice_tests::ended(&ingest, TENANT, &new_id, Duration::from_secs(60)).await;
     assert_eq!(state(&ended), IngestionState::Indexed, "{ended:?}");
     assert_eq!(
         shared.store.count_document(TENANT, "doomed").await.unwrap(),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::event;
 use super::ingestion::{self, Column, Entity, Model, ACCEPTED, DELETED, FAILED, INDEXED};
-use crate::record::{now_ms, Completion, Outcome};
+use crate::record::{now_ms, Completion, DocumentRecord, Outcome, Position};
 
 /// An ingestion after a change, and the number of the event that recorded the change (the
 /// cursor a watch stream hands out with it).
@@ -70,6 +70,30 @@ async fn append_events(txn: &DatabaseTransaction, rows: Vec<Model>) -> Result<Ve
     Ok(changes)
 }
 
+/// The row of an ingestion whose record just committed at `position`.
+pub fn accepted_row(
+    record: &DocumentRecord,
+    position: Position,
+    idempotency_key: Option<String>,
+) -> Model {
+    Model {
+        ingestion_id: record.ingestion_id.clone(),
+        tenant: record.tenant.to_string(),
+        document_id: record.document_id.clone(),
+        operation: record.operation.as_str().to_owned(),
+        state: ACCEPTED.to_owned(),
+        kafka_topic: position.topic,
+        kafka_partition: position.partition,
+        kafka_offset: position.offset,
+        chunk_count: 0,
+        failure_reason: None,
+        idempotency_key,
+        accepted_at_ms: record.accepted_at_ms,
+        completed_at_ms: None,
+        content_hash: Some(record.content_hash()),
+    }
+}
+
 /// Records ingestions whose transaction committed, each with its ACCEPTED event. Rows a
 /// completion already created are left alone (their ingestion has ended; no ACCEPTED after
 /// the end). Returns the rows recorded, in order.
@@ -96,14 +120,9 @@ pub async fn record_accepted(
         .filter(|row| !existing.contains(&row.ingestion_id))
         .collect();
     if !recorded.is_empty() {
-        Entity::insert_many(
-            recorded
-                .iter()
-                .cloned()
-                .map(ingestion::ActiveModel::from),
-        )
-        .exec_without_returning(&txn)
-        .await?;
+        Entity::insert_many(recorded.iter().cloned().map(ingestion::ActiveModel::from))
+            .exec_without_returning(&txn)
+            .await?;
     }
     let changes = append_events(&txn, recorded).await?;
     txn.commit().await?;
