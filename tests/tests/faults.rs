@@ -202,6 +202,15 @@ async fn send_all(
                     }
                     break;
                 }
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    // Over the tenant's rate: wait as the gateway advises, like a client should.
+                    use tonic_types::StatusExt;
+                    let wait = status
+                        .get_details_retry_info()
+                        .and_then(|info| info.retry_delay)
+                        .unwrap_or(Duration::from_millis(100));
+                    tokio::time::sleep(wait).await;
+                }
                 Err(status) => {
                     // A crash mid-call is never answered OK; it is one of these.
                     assert!(
@@ -211,6 +220,7 @@ async fn send_all(
                                 | Code::Unknown
                                 | Code::Cancelled
                                 | Code::Internal
+                                | Code::Aborted
                                 | Code::DeadlineExceeded
                         ),
                         "unexpected refusal: {status:?}"
