@@ -28,6 +28,7 @@ use crate::auth::Authenticator;
 use crate::hub::{self, is_terminal, Hub, TenantEvent};
 use crate::idempotency::Idempotency;
 use crate::quota::QuotaGate;
+use crate::recorder::Recorder;
 use crate::status::{self, invalid_argument, Violation};
 use crate::validate::{self, Validator};
 
@@ -45,6 +46,7 @@ pub struct IngestApi {
     pub db: DatabaseConnection,
     pub hub: Hub,
     pub idempotency: Idempotency,
+    pub recorder: Recorder,
     pub max_batch_documents: usize,
     /// Cancelled when the gateway shuts down: open watch streams and waiting calls end then,
     /// so graceful shutdown is not held up by streams that would never finish.
@@ -87,7 +89,7 @@ impl IngestApi {
             .collect();
         // The records are durably in Kafka: the client hears OK even if the projection lags;
         // the completion will create the row.
-        match projection::record_accepted(&self.db, rows.clone()).await {
+        match self.recorder.record(rows.clone()).await {
             Ok(changes) => {
                 for change in changes {
                     self.hub

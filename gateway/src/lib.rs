@@ -11,6 +11,7 @@
 //!   (group commit), and a caller hears OK only after its transaction committed.
 //! - [`completions`]: consumes workers' completion events into the database projection and
 //!   the [`hub`], which fans ingestion events out to watchers and waiting calls.
+//! - [`recorder`]: records accepted ingestions in the database, many requests per transaction.
 //! - [`idempotency`]: recognises repeated requests so they write nothing new.
 //! - [`retention`]: prunes ingestion events older than resumable watch streams need.
 //! - [`ingest`] and [`search`]: the two gRPC services.
@@ -33,6 +34,7 @@ pub mod idempotency;
 pub mod ingest;
 pub mod pki;
 pub mod quota;
+pub mod recorder;
 pub mod redrive;
 pub mod retention;
 pub mod search;

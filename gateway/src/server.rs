@@ -33,6 +33,7 @@ use crate::hub::Hub;
 use crate::idempotency::Idempotency;
 use crate::ingest::IngestApi;
 use crate::quota::QuotaGate;
+use crate::recorder::Recorder;
 use crate::search::SearchApi;
 use crate::tls::{ReloadingTls, TlsFiles};
 use crate::validate::Validator;
@@ -152,6 +153,8 @@ impl Gateway {
             shutdown.clone(),
         );
 
+        let (recorder, recorder_task) = Recorder::spawn(shared.db.clone());
+
         let schema = Arc::new(DocumentSchema::default_document());
         let ingest = IngestApi {
             auth: authenticator.clone(),
@@ -164,6 +167,7 @@ impl Gateway {
                 shared.db.clone(),
                 Duration::from_secs(config.gateway.idempotency_window_secs),
             ),
+            recorder,
             max_batch_documents: config.gateway.max_batch_documents,
             shutdown: shutdown.clone(),
         };
@@ -250,7 +254,13 @@ impl Gateway {
             shutdown,
             servers: vec![grpc, http],
             background: {
-                background.extend([completions, pruner, health_driver, appender_task]);
+                background.extend([
+                    completions,
+                    pruner,
+                    health_driver,
+                    appender_task,
+                    recorder_task,
+                ]);
                 background
             },
             appender: Some(appender),
