@@ -145,6 +145,26 @@ async fn tenants_are_isolated(database: Database) {
         );
     }
 
+    // Resuming from the very beginning replays only globex's own log; a cursor names a place in
+    // the caller's log, so none reaches into acme's.
+    let mut replay = globex
+        .ingest
+        .watch_ingestions(WatchIngestionsRequest {
+            after_cursor: "0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed = collect_for(&mut replay, Duration::from_secs(2)).await;
+    assert!(!replayed.is_empty(), "globex's own events replay");
+    assert!(
+        replayed
+            .iter()
+            .all(|i| i.ingestion_id == globex_ingestion.ingestion_id),
+        "globex's replay holds another tenant's event: {replayed:?}"
+    );
+
     // Search: each tenant finds only its own text under the shared document id.
     let globex_hits = globex.search("glacier survey moraines meltwater").await;
     assert!(
