@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "../proto/sluice/v1/ingest.proto",
         "../proto/sluice/v1/search.proto",
+        "../proto/sluice/v1/schema.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -28,6 +28,7 @@ pub struct Config {
     pub chunking: ChunkingConfig,
     pub tls: TlsConfig,
     pub registry: RegistryConfig,
+    pub schemas: SchemasConfig,
     pub log: LogConfig,
 }
 
@@ -44,6 +45,7 @@ impl Default for Config {
             chunking: ChunkingConfig::default(),
             tls: TlsConfig::default(),
             registry: RegistryConfig::default(),
+            schemas: SchemasConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -288,6 +290,58 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             refresh_interval_ms: 1000,
+        }
+    }
+}
+
+/// Tenants' document schemas: which registry holds them, and how tenants' schema names map to
+/// its subjects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemasConfig {
+    /// A Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Karapace,
+    /// Redpanda), e.g. `https://registry:8081`. Unset (default): the built-in registry, stored in
+    /// the database and served by the gateway on its own address.
+    pub url: Option<String>,
+    /// Basic auth to the registry.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA bundle the registry's certificate must chain to (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key, for a registry that wants mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Per-request timeout to the registry, in milliseconds. Default 5000.
+    pub timeout_ms: u64,
+    /// Subject of a tenant's schema: `{tenant}` then `{name}`. Default `{tenant}.{name}-value`.
+    pub subject_template: String,
+    /// The schema a document uses when it names none. Default `document`.
+    pub default_name: String,
+    /// Register `schemas/document.avsc` as a tenant's default schema the first time the tenant
+    /// ingests without one. Default true.
+    pub auto_register_default: bool,
+    /// The built-in registry's global compatibility level. Default `BACKWARD`.
+    pub default_compatibility: String,
+    /// How long a subject's latest version is trusted before asking the registry again, in
+    /// milliseconds. Default 5000. Schemas by id are cached for good (ids never change).
+    pub latest_ttl_ms: u64,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            timeout_ms: 5000,
+            subject_template: "{tenant}.{name}-value".into(),
+            default_name: "document".into(),
+            auto_register_default: true,
+            default_compatibility: "BACKWARD".into(),
+            latest_ttl_ms: 5000,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`telemetry`]: structured logs through `tracing`.
 //! - [`tenant`]: who is calling; every layer carries it.
 //! - [`schema`]: the Avro document schema: validation, decoding, the text and attributes it declares.
+//! - [`schema_registry`]: where tenants' schemas live (built-in, or any Confluent-compatible
+//!   registry), compatibility levels, the Confluent wire format, and a cache of parsed schemas.
 //! - [`record`]: what travels through Kafka: document records and completion events.
 //! - [`kafka`]: client configuration, topic creation, transactional producers.
 //! - [`chunk`]: splitting text into chunks measured in the model's own tokens.
@@ -26,6 +28,7 @@ pub mod proto;
 pub mod record;
 pub mod registry;
 pub mod schema;
+pub mod schema_registry;
 pub mod telemetry;
 pub mod tenant;
 pub mod vector;

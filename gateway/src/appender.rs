@@ -60,7 +60,7 @@ impl Appender {
             .map(|r| OutgoingRecord {
                 topic: self.topic.clone(),
                 key: r.key(),
-                payload: r.payload.clone(),
+                payload: r.value(),
                 headers: r.headers(),
             })
             .collect();
@@ -184,6 +184,7 @@ mod tests {
             operation: Operation::Upsert,
             attributes: BTreeMap::new(),
             schema_fingerprint: "test".into(),
+            schema_id: None,
             accepted_at_ms: 1,
             payload: b"avro".to_vec(),
         }

@@ -13,12 +13,14 @@ use sluice_core::embed::Embedder;
 use sluice_core::health::{Dependency, HealthReport, Status};
 use sluice_core::kafka::TransactionalProducer;
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
+use sluice_core::proto::schema_service_server::SchemaServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
 use sluice_core::vector::VectorStore;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::ingest::IngestApi;
+use crate::schemas::SchemaApi;
 use crate::search::SearchApi;
 
 /// How often the gRPC health status is refreshed.
@@ -105,6 +107,12 @@ async fn set_all(reporter: &HealthReporter, serving: bool) {
     reporter
         .set_service_status(
             <SearchServiceServer<SearchApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter
+        .set_service_status(
+            <SchemaServiceServer<SchemaApi> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;

@@ -30,7 +30,7 @@ use crate::idempotency::Idempotency;
 use crate::quota::QuotaGate;
 use crate::recorder::Recorder;
 use crate::status::{self, invalid_argument, Violation};
-use crate::validate::{self, Validator};
+use crate::validate::{self, Refusal, Validator};
 
 /// How long `wait = true` waits when the client set no deadline.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -201,7 +201,7 @@ impl IngestService for IngestApi {
         let record = self
             .validator
             .document(&tenant, document, "document")
-            .map_err(|v| invalid_argument(&v))?;
+            .await?;
         let ingestion = self
             .accept_one(&tenant, record, key, request.wait, deadline)
             .await?;
@@ -244,9 +244,11 @@ impl IngestService for IngestApi {
             match self
                 .validator
                 .document(&tenant, document, &format!("documents[{i}]"))
+                .await
             {
                 Ok(record) => records.push(record),
-                Err(v) => violations.extend(v),
+                Err(Refusal::Invalid(v)) => violations.extend(v),
+                Err(unavailable) => return Err(unavailable.into()),
             }
         }
         if !violations.is_empty() {
@@ -272,10 +274,7 @@ impl IngestService for IngestApi {
         let request = request.into_inner();
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
             .map_err(|v| invalid_argument(&v))?;
-        let record = self
-            .validator
-            .deletion(&tenant, &request.document_id)
-            .map_err(|v| invalid_argument(&v))?;
+        let record = self.validator.deletion(&tenant, &request.document_id)?;
         let ingestion = self
             .accept_one(&tenant, record, key, request.wait, deadline)
             .await?;

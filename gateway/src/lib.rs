@@ -14,7 +14,8 @@
 //! - [`recorder`]: records accepted ingestions in the database, many requests per transaction.
 //! - [`idempotency`]: recognises repeated requests so they write nothing new.
 //! - [`retention`]: prunes ingestion events older than resumable watch streams need.
-//! - [`ingest`] and [`search`]: the two gRPC services.
+//! - [`ingest`], [`search`] and [`schemas`]: the gRPC services.
+//! - [`registry_api`]: the built-in schema registry's Confluent REST API, scoped per tenant.
 //! - [`health`]: gRPC health and the HTTP `/healthz` dependency report.
 //! - [`status`]: errors → gRPC statuses with google.rpc details.
 //! - [`standalone`]: the worker in the same process, sharing the embedded vector store.
@@ -36,7 +37,9 @@ pub mod pki;
 pub mod quota;
 pub mod recorder;
 pub mod redrive;
+pub mod registry_api;
 pub mod retention;
+pub mod schemas;
 pub mod search;
 pub mod server;
 pub mod standalone;

@@ -122,7 +122,7 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
         outgoing.push(OutgoingRecord {
             topic: kafka.documents_topic.clone(),
             key: record.key(),
-            payload: record.payload.clone(),
+            payload: record.value(),
             headers: record.headers().insert(Header {
                 key: REDRIVEN_FROM,
                 value: Some(failed.ingestion_id.as_str()),

@@ -15,9 +15,11 @@ use sluice_core::config::Config;
 use sluice_core::embed::Embedder;
 use sluice_core::kafka::{ensure_topics, TransactionalProducer};
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
+use sluice_core::proto::schema_service_server::SchemaServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
 use sluice_core::registry::Registry;
-use sluice_core::schema::DocumentSchema;
+use sluice_core::schema_registry::builtin::BuiltinRegistry;
+use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::VectorStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -34,6 +36,7 @@ use crate::idempotency::Idempotency;
 use crate::ingest::IngestApi;
 use crate::quota::QuotaGate;
 use crate::recorder::Recorder;
+use crate::schemas::SchemaApi;
 use crate::search::SearchApi;
 use crate::tls::{ReloadingTls, TlsFiles};
 use crate::validate::Validator;
@@ -45,6 +48,11 @@ pub struct Shared {
     pub embedder: Arc<Embedder>,
     pub store: Arc<dyn VectorStore>,
     pub db: DatabaseConnection,
+    /// Tenants' document schemas (the registry behind a cache).
+    pub schemas: Arc<SchemaCatalog>,
+    /// The built-in registry, when no external one is configured; its REST API is served on
+    /// the gRPC port.
+    pub builtin_registry: Option<Arc<BuiltinRegistry>>,
 }
 
 impl Shared {
@@ -67,10 +75,14 @@ impl Shared {
         let db = sluice_core::db::connect(&config.database_url())
             .await
             .context("database")?;
+        let schemas =
+            sluice_core::schema_registry::open(&config.schemas, &db).context("schema registry")?;
         Ok(Self {
             embedder: Arc::new(embedder),
             store,
             db,
+            schemas: schemas.catalog,
+            builtin_registry: schemas.builtin,
         })
     }
 }
@@ -155,11 +167,10 @@ impl Gateway {
 
         let (recorder, recorder_task) = Recorder::spawn(shared.db.clone());
 
-        let schema = Arc::new(DocumentSchema::default_document());
         let ingest = IngestApi {
             auth: authenticator.clone(),
             quotas: quotas.clone(),
-            validator: Validator::new(schema, &config.gateway),
+            validator: Validator::new(shared.schemas.clone(), &config.gateway),
             appender: appender.clone(),
             db: shared.db.clone(),
             hub,
@@ -171,6 +182,35 @@ impl Gateway {
             max_batch_documents: config.gateway.max_batch_documents,
             shutdown: shutdown.clone(),
         };
+        let schema_api = SchemaApi {
+            auth: authenticator.clone(),
+            schemas: shared.schemas.clone(),
+        };
+        // The built-in registry's Confluent REST API shares the port (and the client
+        // certificate's tenant) with gRPC; Confluent clients speak HTTP/1.1 to it.
+        let registry_routes = shared.builtin_registry.clone().map(|registry| {
+            let catalog = shared.schemas.clone();
+            let api = crate::registry_api::router(
+                registry,
+                shared.schemas.naming().clone(),
+                authenticator.clone(),
+            )
+            // A change through REST is seen by the next document at once, as through gRPC.
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let catalog = catalog.clone();
+                    async move {
+                        let changes = request.method() != axum::http::Method::GET;
+                        let response = next.run(request).await;
+                        if changes {
+                            catalog.forget_latest(None);
+                        }
+                        response
+                    }
+                },
+            ));
+            tonic::service::Routes::from(api)
+        });
         let search = SearchApi {
             auth: authenticator,
             quotas,
@@ -211,11 +251,14 @@ impl Gateway {
             .with_context(|| format!("binding {}", config.gateway.health_listen))?;
         let health_addr = health_listener.local_addr()?;
 
-        let router = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder().accept_http1(true);
+        let router = server
+            .add_routes(registry_routes.unwrap_or_default())
             .add_service(
                 IngestServiceServer::new(ingest).max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .add_service(SearchServiceServer::new(search))
+            .add_service(SchemaServiceServer::new(schema_api))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

@@ -32,6 +32,7 @@ impl Standalone {
     pub fn start_worker(&mut self) -> anyhow::Result<()> {
         let indexer = sluice_worker::indexer_for(
             &self.config,
+            self.shared.schemas.clone(),
             self.shared.embedder.clone(),
             self.shared.store.clone(),
         )?;

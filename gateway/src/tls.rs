@@ -163,7 +163,8 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
             )
         })?;
     // gRPC is HTTP/2; clients such as grpcurl insist on negotiating it.
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 for gRPC; http/1.1 for Confluent schema registry clients on the same port.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

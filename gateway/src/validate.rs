@@ -1,14 +1,52 @@
 //! Requests → document records, or every reason they are invalid, addressed by field path.
+//!
+//! A document is validated against the tenant's schema from the registry: the version its
+//! `schema` and `schema_version` select (latest by default), or for Avro binary the `schema_id`
+//! it claims, which must be a version of that schema. Nothing is written unvalidated: when the
+//! registry cannot answer and nothing cached can, the request is UNAVAILABLE.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_core::config::GatewayConfig;
 use sluice_core::proto::{document::Payload, Document};
 use sluice_core::record::{now_ms, DocumentRecord, Operation};
 use sluice_core::schema::DocumentSchema;
+use sluice_core::schema_registry::catalog::{CatalogError, ResolvedSchema};
+use sluice_core::schema_registry::{SchemaCatalog, VersionSelector};
 use sluice_core::tenant::TenantId;
+use tonic::{Code, Status};
 
-use crate::status::Violation;
+use crate::status::{invalid_argument, with_retry, Violation};
+
+/// Why a request cannot be accepted as it is.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The client's mistakes, each with its field path.
+    Invalid(Vec<Violation>),
+    /// The schema registry could not be asked; try again.
+    Unavailable(String),
+}
+
+impl From<Vec<Violation>> for Refusal {
+    fn from(violations: Vec<Violation>) -> Self {
+        Refusal::Invalid(violations)
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Status {
+        match refusal {
+            Refusal::Invalid(violations) => invalid_argument(&violations),
+            Refusal::Unavailable(reason) => with_retry(
+                Code::Unavailable,
+                format!("not accepted: {reason}; nothing was written, retry"),
+                Duration::from_secs(1),
+            ),
+        }
+    }
+}
 
 pub const MAX_DOCUMENT_ID_BYTES: usize = 512;
 pub const MAX_ATTRIBUTES: usize = 64;
@@ -16,18 +54,20 @@ pub const MAX_ATTRIBUTE_KEY_CHARS: usize = 64;
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
-/// Checks requests against the schema and the configured limits.
-#[derive(Debug, Clone)]
+/// Checks requests against the tenant's schemas and the configured limits.
+#[derive(Clone)]
 pub struct Validator {
-    schema: std::sync::Arc<DocumentSchema>,
+    schemas: Arc<SchemaCatalog>,
+    default_fingerprint: String,
     max_text_bytes: usize,
     max_payload_bytes: usize,
 }
 
 impl Validator {
-    pub fn new(schema: std::sync::Arc<DocumentSchema>, limits: &GatewayConfig) -> Self {
+    pub fn new(schemas: Arc<SchemaCatalog>, limits: &GatewayConfig) -> Self {
         Self {
-            schema,
+            schemas,
+            default_fingerprint: DocumentSchema::default_document().fingerprint().to_owned(),
             max_text_bytes: limits.max_text_bytes,
             max_payload_bytes: limits.max_payload_bytes,
         }
@@ -35,12 +75,12 @@ impl Validator {
 
     /// A document → its record (with a fresh ingestion id). `path` names the document in the
     /// request (`document`, `documents[3]`).
-    pub fn document(
+    pub async fn document(
         &self,
         tenant: &TenantId,
         document: Document,
         path: &str,
-    ) -> Result<DocumentRecord, Vec<Violation>> {
+    ) -> Result<DocumentRecord, Refusal> {
         let mut violations = Vec::new();
         document_id(
             &document.document_id,
@@ -52,28 +92,89 @@ impl Validator {
             &format!("{path}.attributes"),
             &mut violations,
         );
-        let payload = self.payload(document.payload, path, &mut violations);
+        let schema = self.schema(tenant, &document, path).await;
+        let schema = match schema {
+            Ok(schema) => Some(schema),
+            Err(Refusal::Invalid(v)) => {
+                violations.extend(v);
+                None
+            }
+            Err(unavailable) => return Err(unavailable),
+        };
+        let payload = schema
+            .as_ref()
+            .and_then(|schema| self.payload(schema, document.payload, path, &mut violations));
         if !violations.is_empty() {
-            return Err(violations);
+            return Err(Refusal::Invalid(violations));
         }
+        let schema = schema.expect("no violations means a schema");
         Ok(DocumentRecord {
             tenant: tenant.clone(),
             document_id: document.document_id,
             ingestion_id: new_ingestion_id(),
             operation: Operation::Upsert,
             attributes,
-            schema_fingerprint: self.schema.fingerprint().to_owned(),
+            schema_fingerprint: schema.schema.fingerprint().to_owned(),
+            schema_id: Some(schema.id),
             accepted_at_ms: now_ms(),
             payload: payload.unwrap_or_default(),
         })
     }
 
+    /// The schema a document is written with, from its `schema`, `schema_version` and (for
+    /// Avro binary) `schema_id`.
+    async fn schema(
+        &self,
+        tenant: &TenantId,
+        document: &Document,
+        path: &str,
+    ) -> Result<ResolvedSchema, Refusal> {
+        let name = Some(document.schema.as_str());
+        let binary = matches!(document.payload, Some(Payload::AvroBinary(_)));
+        let (result, field) = match (document.schema_id, document.schema_version) {
+            (0, version) if version < 0 => {
+                return Err(Refusal::Invalid(vec![Violation::new(
+                    format!("{path}.schema_version"),
+                    "must be a version number, or 0 for the latest",
+                )]))
+            }
+            (0, 0) => (
+                self.schemas
+                    .for_tenant(tenant, name, VersionSelector::Latest)
+                    .await,
+                "schema",
+            ),
+            (0, version) => (
+                self.schemas
+                    .for_tenant(tenant, name, VersionSelector::Number(version))
+                    .await,
+                "schema_version",
+            ),
+            (_, _) if !binary => {
+                return Err(Refusal::Invalid(vec![Violation::new(
+                    format!("{path}.schema_id"),
+                    "only for avro_binary; JSON payloads name a schema and version",
+                )]))
+            }
+            (id, _) => (
+                self.schemas.for_tenant_id(tenant, name, id).await,
+                "schema_id",
+            ),
+        };
+        result.map_err(|e| match e {
+            CatalogError::Unavailable(reason) => Refusal::Unavailable(reason),
+            CatalogError::Unknown(reason) | CatalogError::NotADocumentSchema(reason) => {
+                Refusal::Invalid(vec![Violation::new(format!("{path}.{field}"), reason)])
+            }
+        })
+    }
+
     /// A deletion → its record.
-    pub fn deletion(&self, tenant: &TenantId, id: &str) -> Result<DocumentRecord, Vec<Violation>> {
+    pub fn deletion(&self, tenant: &TenantId, id: &str) -> Result<DocumentRecord, Refusal> {
         let mut violations = Vec::new();
         document_id(id, "document_id", &mut violations);
         if !violations.is_empty() {
-            return Err(violations);
+            return Err(Refusal::Invalid(violations));
         }
         Ok(DocumentRecord {
             tenant: tenant.clone(),
@@ -81,7 +182,9 @@ impl Validator {
             ingestion_id: new_ingestion_id(),
             operation: Operation::Delete,
             attributes: BTreeMap::new(),
-            schema_fingerprint: self.schema.fingerprint().to_owned(),
+            // A deletion has no body; it carries the default schema's fingerprint as it always has.
+            schema_fingerprint: self.default_fingerprint.clone(),
+            schema_id: None,
             accepted_at_ms: now_ms(),
             payload: Vec::new(),
         })
@@ -90,6 +193,7 @@ impl Validator {
     /// The payload as Avro binary, checked against the schema and the text limits.
     fn payload(
         &self,
+        schema: &ResolvedSchema,
         payload: Option<Payload>,
         path: &str,
         violations: &mut Vec<Violation>,
@@ -125,7 +229,7 @@ impl Validator {
         };
         let binary = match payload? {
             Payload::AvroBinary(bytes) => bytes,
-            Payload::AvroJson(json) => match self.schema.encode_json(&json) {
+            Payload::AvroJson(json) => match schema.schema.encode_json(&json) {
                 Ok(binary) => binary,
                 Err(errors) => {
                     violations.extend(errors.into_iter().map(at));
@@ -133,10 +237,10 @@ impl Validator {
                 }
             },
         };
-        match self.schema.decode_binary(&binary) {
+        match schema.schema.decode_binary(&binary) {
             Ok(content) if content.text.len() > self.max_text_bytes => {
                 violations.push(Violation::new(
-                    format!("{field}.{}", self.schema.text_field()),
+                    format!("{field}.{}", schema.schema.text_field()),
                     format!(
                         "{} bytes of text, more than the maximum of {}",
                         content.text.len(),
@@ -235,71 +339,107 @@ pub fn idempotency_key(key: &str, field: &str) -> Result<Option<String>, Vec<Vio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::config::SchemasConfig;
 
-    fn validator() -> Validator {
-        Validator::new(
-            std::sync::Arc::new(DocumentSchema::default_document()),
-            &GatewayConfig {
-                max_text_bytes: 10,
-                ..Default::default()
-            },
-        )
+    /// A validator over the built-in registry in a fresh SQLite database.
+    async fn validator() -> (Validator, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sluice.db?mode=rwc", dir.path().display());
+        let db = sluice_core::db::connect(&url).await.unwrap();
+        let schemas = sluice_core::schema_registry::open(&SchemasConfig::default(), &db).unwrap();
+        let limits = GatewayConfig {
+            max_text_bytes: 10,
+            ..Default::default()
+        };
+        (Validator::new(schemas.catalog, &limits), dir)
     }
 
     fn doc(json: &str) -> Document {
         Document {
             document_id: "d1".into(),
             payload: Some(Payload::AvroJson(json.into())),
-            attributes: HashMap::new(),
+            ..Default::default()
         }
     }
 
-    fn fields(result: Result<DocumentRecord, Vec<Violation>>) -> Vec<String> {
-        result.unwrap_err().into_iter().map(|v| v.field).collect()
+    fn fields(result: Result<DocumentRecord, Refusal>) -> Vec<String> {
+        match result {
+            Err(Refusal::Invalid(violations)) => violations.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected violations, got {other:?}"),
+        }
     }
 
-    #[test]
-    fn a_valid_document_becomes_a_record() {
+    #[tokio::test]
+    async fn a_valid_document_becomes_a_record_with_the_default_schemas_id() {
         let tenant = TenantId::parse("t").unwrap();
-        let record = validator()
+        let (v, _dir) = validator().await;
+        let record = v
             .document(&tenant, doc(r#"{"text": "short"}"#), "document")
+            .await
             .unwrap();
         assert_eq!(record.document_id, "d1");
         assert!(!record.payload.is_empty());
+        // The default schema was registered for the tenant on first use.
+        assert_eq!(record.schema_id, Some(1));
     }
 
-    #[test]
-    fn each_bad_field_is_named() {
+    #[tokio::test]
+    async fn each_bad_field_is_named() {
         let tenant = TenantId::parse("t").unwrap();
-        let v = validator();
+        let (v, _dir) = validator().await;
         assert_eq!(
-            fields(v.document(&tenant, doc(r#"{"text": ""}"#), "document")),
+            fields(
+                v.document(&tenant, doc(r#"{"text": ""}"#), "document")
+                    .await
+            ),
             ["document.avro_json.text"]
         );
         assert_eq!(
-            fields(v.document(
-                &tenant,
-                doc(r#"{"text": "far too long a text"}"#),
-                "documents[2]"
-            )),
+            fields(
+                v.document(
+                    &tenant,
+                    doc(r#"{"text": "far too long a text"}"#),
+                    "documents[2]"
+                )
+                .await
+            ),
             ["documents[2].avro_json.text"]
         );
         assert_eq!(
-            fields(v.document(&tenant, doc(r#"{"text": 5}"#), "document")),
+            fields(v.document(&tenant, doc(r#"{"text": 5}"#), "document").await),
             ["document.avro_json.text"]
         );
         let mut bad = doc(r#"{"text": "ok"}"#);
         bad.document_id.clear();
         bad.attributes.insert("no spaces".into(), "x".into());
         assert_eq!(
-            fields(v.document(&tenant, bad, "document")),
+            fields(v.document(&tenant, bad, "document").await),
             ["document.document_id", "document.attributes[\"no spaces\"]"]
         );
         let mut none = doc("");
         none.payload = None;
         assert_eq!(
-            fields(v.document(&tenant, none, "document")),
+            fields(v.document(&tenant, none, "document").await),
             ["document.payload"]
+        );
+        let mut unknown = doc(r#"{"text": "ok"}"#);
+        unknown.schema = "article".into();
+        assert_eq!(
+            fields(v.document(&tenant, unknown, "document").await),
+            ["document.schema"]
+        );
+        let mut old = doc(r#"{"text": "ok"}"#);
+        old.schema_version = 7;
+        assert_eq!(
+            fields(v.document(&tenant, old, "document").await),
+            ["document.schema_version"]
+        );
+        let mut claimed = doc(r#"{"text": "ok"}"#);
+        claimed.payload = Some(Payload::AvroBinary(vec![0]));
+        claimed.schema_id = 99;
+        assert_eq!(
+            fields(v.document(&tenant, claimed, "document").await),
+            ["document.schema_id"]
         );
     }
 }

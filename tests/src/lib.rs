@@ -242,6 +242,16 @@ impl Stack {
         Self::launch(broker, data_dir, config, Some(pki)).await
     }
 
+    /// Like [`Stack::start`], with the configuration changed by `configure` first.
+    pub async fn start_configured(
+        database: Database,
+        configure: impl FnOnce(&mut Config),
+    ) -> Stack {
+        let (broker, data_dir, mut config) = Self::prepare(database).await;
+        configure(&mut config);
+        Self::launch(broker, data_dir, config, None).await
+    }
+
     /// Like [`Stack::start`], with a broker that keeps its data on disk, so that
     /// `stack.broker.restart()` brings it back with everything committed.
     pub async fn start_with_persistent_broker(database: Database) -> Stack {
@@ -454,7 +464,7 @@ pub fn document(id: &str, title: &str, text: &str) -> Document {
     Document {
         document_id: id.into(),
         payload: Some(Payload::AvroJson(json.to_string())),
-        attributes: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -408,8 +408,13 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
         calls: AtomicU32::new(0),
         healed: Default::default(),
     });
-    let indexer =
-        sluice_worker::indexer_for(&config, shared.embedder.clone(), flaky.clone()).unwrap();
+    let indexer = sluice_worker::indexer_for(
+        &config,
+        shared.schemas.clone(),
+        shared.embedder.clone(),
+        flaky.clone(),
+    )
+    .unwrap();
     let worker =
         sluice_worker::Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
 

@@ -346,7 +346,7 @@ async fn bad_input_names_the_field() {
                 payload: Some(sluice_core::proto::document::Payload::AvroJson(
                     r#"{"headline": "no text field"}"#.into(),
                 )),
-                attributes: Default::default(),
+                ..Default::default()
             },
             "document.avro_json.text",
         ),
@@ -356,7 +356,7 @@ async fn bad_input_names_the_field() {
                 payload: Some(sluice_core::proto::document::Payload::AvroBinary(vec![
                     0xff, 0x01,
                 ])),
-                attributes: Default::default(),
+                ..Default::default()
             },
             "document.avro_binary",
         ),

@@ -6,6 +6,8 @@ use sluice_core::chunk::Chunker;
 use sluice_core::embed::Embedder;
 use sluice_core::record::{DocumentRecord, Operation, Outcome};
 use sluice_core::schema::DocumentSchema;
+use sluice_core::schema_registry::catalog::CatalogError;
+use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::{Chunk, IndexedDocument, VectorStore};
 
 /// What became of a record.
@@ -23,7 +25,7 @@ pub enum ProcessError {
     /// cannot help, so the ingestion fails with this reason.
     #[error("{0}")]
     Rejected(String),
-    /// The model or the vector store failed; retrying may help.
+    /// The model, the vector store or the schema registry failed; retrying may help.
     #[error("{0}")]
     Transient(String),
 }
@@ -45,7 +47,7 @@ impl ProcessError {
 /// The stages, wired together. Cheap to clone.
 #[derive(Clone)]
 pub struct Indexer {
-    schema: Arc<DocumentSchema>,
+    schemas: Arc<SchemaCatalog>,
     chunker: Arc<Chunker>,
     embedder: Arc<Embedder>,
     store: Arc<dyn VectorStore>,
@@ -53,13 +55,13 @@ pub struct Indexer {
 
 impl Indexer {
     pub fn new(
-        schema: Arc<DocumentSchema>,
+        schemas: Arc<SchemaCatalog>,
         chunker: Arc<Chunker>,
         embedder: Arc<Embedder>,
         store: Arc<dyn VectorStore>,
     ) -> Self {
         Self {
-            schema,
+            schemas,
             chunker,
             embedder,
             store,
@@ -74,7 +76,7 @@ impl Indexer {
     }
 
     async fn upsert(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
-        let text = self.decode(record)?;
+        let text = self.decode(record).await?;
         let pieces = self.chunk(text.0).await?;
         let vectors = self.embed(&pieces).await?;
         let chunks: Vec<Chunk> = pieces
@@ -122,19 +124,30 @@ impl Indexer {
         })
     }
 
-    /// Stage 1: the Avro payload → its text and declared attributes.
-    fn decode(
+    /// Stage 1: the Avro payload → its text and declared attributes, read with the schema its
+    /// id names (whichever version that is: old records stay readable as schemas evolve).
+    async fn decode(
         &self,
         record: &DocumentRecord,
     ) -> Result<(String, std::collections::BTreeMap<String, String>), ProcessError> {
-        if record.schema_fingerprint != self.schema.fingerprint() {
-            return Err(ProcessError::Rejected(format!(
-                "unknown schema {}",
-                record.schema_fingerprint
-            )));
-        }
-        let content = self
-            .schema
+        let schema = match record.schema_id {
+            Some(id) => self.schemas.by_id(id).await.map_err(|e| match e {
+                CatalogError::Unavailable(reason) => ProcessError::Transient(reason),
+                other => ProcessError::Rejected(other.to_string()),
+            })?,
+            // Written before schemas were registered: plain Avro of the default schema.
+            None => {
+                let default = DocumentSchema::default_document();
+                if record.schema_fingerprint != default.fingerprint() {
+                    return Err(ProcessError::Rejected(format!(
+                        "record carries no schema id and an unknown schema {}",
+                        record.schema_fingerprint
+                    )));
+                }
+                Arc::new(default)
+            }
+        };
+        let content = schema
             .decode_binary(&record.payload)
             .map_err(|violations| {
                 ProcessError::Rejected(

@@ -22,13 +22,14 @@ use std::sync::Arc;
 use sluice_core::chunk::{Chunker, ChunkerOptions};
 use sluice_core::config::Config;
 use sluice_core::embed::Embedder;
-use sluice_core::schema::DocumentSchema;
+use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::VectorStore;
 
-/// The indexer as configured: the default document schema, the model's own tokenizer for
-/// chunk sizes, and the given model and store.
+/// The indexer as configured: schemas from the registry, the model's own tokenizer for chunk
+/// sizes, and the given model and store.
 pub fn indexer_for(
     config: &Config,
+    schemas: Arc<SchemaCatalog>,
     embedder: Arc<Embedder>,
     store: Arc<dyn VectorStore>,
 ) -> anyhow::Result<Indexer> {
@@ -39,10 +40,5 @@ pub fn indexer_for(
             overlap_tokens: config.chunking.overlap_tokens,
         },
     )?;
-    Ok(Indexer::new(
-        Arc::new(DocumentSchema::default_document()),
-        Arc::new(chunker),
-        embedder,
-        store,
-    ))
+    Ok(Indexer::new(schemas, Arc::new(chunker), embedder, store))
 }

@@ -55,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let store = sluice_core::vector::open(&config, embedder.dimension()).await?;
     sluice_core::kafka::ensure_topics(&config.kafka).await?;
-    let indexer = sluice_worker::indexer_for(&config, embedder, store)?;
+    // The built-in schema registry lives in the database the gateway writes.
+    let db = sluice_core::db::connect(&config.database_url()).await?;
+    let schemas = sluice_core::schema_registry::open(&config.schemas, &db)?;
+    let indexer = sluice_worker::indexer_for(&config, schemas.catalog, embedder, store)?;
     let worker = Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

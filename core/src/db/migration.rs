@@ -2,7 +2,8 @@
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    big_integer, big_integer_null, integer, pk_auto, string, string_null, text,
+    big_integer, big_integer_null, boolean, integer, pk_auto, string, string_null, string_uniq,
+    text,
 };
 
 pub struct Migrator;
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateIngestions),
             Box::new(CreateTenantRegistry),
             Box::new(CreateIngestionEvents),
+            Box::new(CreateSchemaRegistry),
         ]
     }
 }
@@ -340,5 +342,127 @@ impl MigrationTrait for CreateIngestionEvents {
         manager
             .drop_table(Table::drop().table(IngestionEvents::Table).to_owned())
             .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum SchemaRegistrySchemas {
+    Table,
+    Id,
+    Fingerprint,
+    Schema,
+    References,
+    CreatedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum SchemaRegistryVersions {
+    Table,
+    Subject,
+    Version,
+    SchemaId,
+    Deleted,
+    CreatedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum SchemaRegistryConfig {
+    Table,
+    Subject,
+    Compatibility,
+}
+
+/// The built-in schema registry (`crate::schema_registry::builtin`): schemas by global id,
+/// subjects' numbered versions of them, and compatibility levels.
+struct CreateSchemaRegistry;
+
+impl MigrationName for CreateSchemaRegistry {
+    fn name(&self) -> &str {
+        "m20261215_000004_create_schema_registry"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateSchemaRegistry {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // The fingerprint is unique: two gateways registering the same schema at once get
+        // one id (the loser's insert fails and it retries, finding the winner's row).
+        // References are JSON text: SQLite has no JSON type, and text compares on both.
+        manager
+            .create_table(
+                Table::create()
+                    .table(SchemaRegistrySchemas::Table)
+                    .if_not_exists()
+                    .col(pk_auto(SchemaRegistrySchemas::Id))
+                    .col(string_uniq(SchemaRegistrySchemas::Fingerprint))
+                    .col(text(SchemaRegistrySchemas::Schema))
+                    .col(text(SchemaRegistrySchemas::References))
+                    .col(big_integer(SchemaRegistrySchemas::CreatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        // (subject, version) is the key, so concurrent registrations cannot both take the
+        // next version number.
+        manager
+            .create_table(
+                Table::create()
+                    .table(SchemaRegistryVersions::Table)
+                    .if_not_exists()
+                    .col(string(SchemaRegistryVersions::Subject))
+                    .col(integer(SchemaRegistryVersions::Version))
+                    .col(integer(SchemaRegistryVersions::SchemaId))
+                    .col(boolean(SchemaRegistryVersions::Deleted))
+                    .col(big_integer(SchemaRegistryVersions::CreatedAtMs))
+                    .primary_key(
+                        Index::create()
+                            .col(SchemaRegistryVersions::Subject)
+                            .col(SchemaRegistryVersions::Version),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("schema_registry_versions_schema")
+                            .from(
+                                SchemaRegistryVersions::Table,
+                                SchemaRegistryVersions::SchemaId,
+                            )
+                            .to(SchemaRegistrySchemas::Table, SchemaRegistrySchemas::Id),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("schema_registry_versions_by_schema")
+                    .table(SchemaRegistryVersions::Table)
+                    .col(SchemaRegistryVersions::SchemaId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        // One row per subject with a level of its own; the empty subject holds the global one.
+        manager
+            .create_table(
+                Table::create()
+                    .table(SchemaRegistryConfig::Table)
+                    .if_not_exists()
+                    .col(string(SchemaRegistryConfig::Subject).primary_key())
+                    .col(string(SchemaRegistryConfig::Compatibility))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            SchemaRegistryConfig::Table.into_iden(),
+            SchemaRegistryVersions::Table.into_iden(),
+            SchemaRegistrySchemas::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }
