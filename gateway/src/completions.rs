@@ -77,12 +77,14 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
     let mut pause = Duration::from_millis(100);
     loop {
         match projection::apply_completion(db, completion).await {
-            Ok(Some(change)) => {
-                hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
+            Ok(changes) if changes.is_empty() => {
+                tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
                 return;
             }
-            Ok(None) => {
-                tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
+            Ok(changes) => {
+                for change in changes {
+                    hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
+                }
                 return;
             }
             Err(error) => {

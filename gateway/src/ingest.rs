@@ -450,7 +450,8 @@ impl EventTail {
             };
             let caught_up = (page.len() as u64) < WATCH_PAGE;
             for event in page {
-                self.last = event.seq;
+                // The tenant's own number: the cursor, and what the next page starts after.
+                self.last = event.tenant_seq;
                 let ingestion = to_proto(&event.ingestion());
                 if is_terminal(&ingestion) {
                     self.pending.remove(&ingestion.ingestion_id);
@@ -458,7 +459,7 @@ impl EventTail {
                 let event = IngestionEvent {
                     ingestion: Some(ingestion),
                     event_time: Some(timestamp(event.event_at_ms)),
-                    cursor: hub::cursor(event.seq),
+                    cursor: hub::cursor(event.tenant_seq),
                 };
                 if self.sender.send(Ok(event)).await.is_err() {
                     return;

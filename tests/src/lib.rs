@@ -562,6 +562,18 @@ pub async fn assert_points(
     }
 }
 
+/// How long to wait before retrying a call refused over the tenant's rate
+/// (RESOURCE_EXHAUSTED), as its google.rpc.RetryInfo advises; `None` for any other refusal.
+pub fn rate_retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    (status.code() == tonic::Code::ResourceExhausted).then(|| {
+        status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+            .unwrap_or(Duration::from_millis(100))
+    })
+}
+
 /// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

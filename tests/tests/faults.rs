@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, Statement};
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::IngestBatchRequest;
-use sluice_tests::{as_tenant, document, free_port, model_dir, read_topic, Broker};
+use sluice_tests::{
+    as_tenant, document, free_port, model_dir, rate_retry_delay, read_topic, Broker,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -202,14 +204,9 @@ async fn send_all(
                     }
                     break;
                 }
-                Err(status) if status.code() == Code::ResourceExhausted => {
+                Err(status) if rate_retry_delay(&status).is_some() => {
                     // Over the tenant's rate: wait as the gateway advises, like a client should.
-                    use tonic_types::StatusExt;
-                    let wait = status
-                        .get_details_retry_info()
-                        .and_then(|info| info.retry_delay)
-                        .unwrap_or(Duration::from_millis(100));
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(rate_retry_delay(&status).unwrap()).await;
                 }
                 Err(status) => {
                     // A crash mid-call is never answered OK; it is one of these.
@@ -343,6 +340,11 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
         events_per_ingestion.len()
     );
 
+    // After recovery the log and the projection agree for every ingestion, and a replay from
+    // "0" through the gateway is that log.
+    let missing = log_agrees_with_projection(&database, &sluice.client()).await;
+    println!("event log after {KILLS} kills: {missing} events missing, replay equals the log");
+
     // A graceful stop: finishes and exits 0.
     let status = sluice.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "exit after SIGTERM: {status:?}");
@@ -358,6 +360,122 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
     )
     .await;
     println!("vector store reopened: one point for each of the {DOCUMENTS} documents");
+}
+
+/// Checks the tenant's whole event log against the `ingestions` projection: numbered 1, 2, 3,
+/// … without a gap; each ingestion ACCEPTED, then exactly one terminal event in its row's
+/// final state (with its chunk count); no event without a row and no row without events. Then
+/// replays the log from "0" through WatchIngestions and compares. Returns how many events an
+/// ingestion's row implies but the log lacks (asserted zero).
+async fn log_agrees_with_projection(
+    database: &sea_orm::DatabaseConnection,
+    client: &IngestServiceClient<Channel>,
+) -> usize {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use sluice_core::db::{ingestion, projection};
+    use tokio_stream::StreamExt;
+
+    let mut log = Vec::new();
+    loop {
+        let after = log
+            .last()
+            .map(|e: &sluice_core::db::event::Model| e.tenant_seq)
+            .unwrap_or(0);
+        let page = projection::events_after(database, TENANT, after, None, 1000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        log.extend(page);
+    }
+    let numbers: Vec<i64> = log.iter().map(|e| e.tenant_seq).collect();
+    assert!(
+        numbers.iter().zip(1..).all(|(n, expected)| *n == expected),
+        "the log is not numbered 1..={} without gaps",
+        log.len()
+    );
+    let rows = ingestion::Entity::find()
+        .filter(ingestion::Column::Tenant.eq(TENANT))
+        .all(database)
+        .await
+        .unwrap();
+    let mut events: HashMap<&str, Vec<&sluice_core::db::event::Model>> = HashMap::new();
+    for event in &log {
+        events
+            .entry(event.ingestion_id.as_str())
+            .or_default()
+            .push(event);
+    }
+    let mut missing = 0;
+    let mut disagreements = Vec::new();
+    for row in &rows {
+        let got = events.remove(row.ingestion_id.as_str()).unwrap_or_default();
+        let states: Vec<&str> = got.iter().map(|e| e.state.as_str()).collect();
+        let expected = [ingestion::ACCEPTED, row.state.as_str()];
+        missing += expected.iter().filter(|s| !states.contains(s)).count();
+        let last_chunks = got.last().map(|e| e.chunk_count);
+        if states != expected || last_chunks != Some(row.chunk_count) {
+            disagreements.push(format!(
+                "{}: log {states:?} (chunks {last_chunks:?}), projection {} ({} chunks)",
+                row.ingestion_id, row.state, row.chunk_count
+            ));
+        }
+    }
+    assert!(
+        events.is_empty(),
+        "{} ingestions in the log have no row",
+        events.len()
+    );
+    assert!(
+        disagreements.is_empty(),
+        "{missing} events missing; {} ingestions disagree, e.g. {:?}",
+        disagreements.len(),
+        &disagreements[..disagreements.len().min(3)]
+    );
+
+    // The same log, as a client replaying from "0" reads it.
+    let mut stream = client
+        .clone()
+        .watch_ingestions(as_tenant(
+            TENANT,
+            sluice_core::proto::WatchIngestionsRequest {
+                after_cursor: "0".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("replay from 0")
+        .into_inner();
+    let mut replayed = Vec::with_capacity(log.len());
+    while replayed.len() < log.len() {
+        let event = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "replay stalled after {} of {} events",
+                    replayed.len(),
+                    log.len()
+                )
+            })
+            .expect("stream open")
+            .expect("event");
+        let ingestion = event.ingestion.unwrap();
+        replayed.push((event.cursor, ingestion.ingestion_id, ingestion.state));
+    }
+    let expected: Vec<(String, String, i32)> = log
+        .iter()
+        .map(|e| {
+            let ingestion = sluice_gateway::ingest::to_proto(&e.ingestion());
+            (
+                e.tenant_seq.to_string(),
+                ingestion.ingestion_id,
+                ingestion.state,
+            )
+        })
+        .collect();
+    assert_eq!(replayed, expected, "the replay differs from the log");
+    missing
 }
 
 fn broker_kafka(broker: &Broker) -> sluice_core::config::KafkaConfig {

@@ -10,7 +10,7 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::event;
 use super::ingestion::{self, Column, Entity, Model, ACCEPTED, DELETED, FAILED, INDEXED};
@@ -94,9 +94,11 @@ pub fn accepted_row(
     }
 }
 
-/// Records ingestions whose transaction committed, each with its ACCEPTED event. Rows a
-/// completion already created are left alone (their ingestion has ended; no ACCEPTED after
-/// the end). Returns the rows recorded, in order.
+/// Records ingestions whose transaction committed, each with its ACCEPTED event. Rows that
+/// are there already (recorded before, or created by a completion that overtook this record,
+/// which logged ACCEPTED itself) get no second event; they only learn the request's
+/// idempotency key and content hash, so a retry of the request is still recognised. Returns
+/// the rows recorded, in order.
 pub async fn record_accepted(
     db: &DatabaseConnection,
     rows: Vec<Model>,
@@ -106,19 +108,32 @@ pub async fn record_accepted(
     }
     let ids: Vec<String> = rows.iter().map(|r| r.ingestion_id.clone()).collect();
     let txn = begin_event_write(db).await?;
-    // Rows already there were recorded before, or created by a completion that overtook this
-    // record (the ingestion has ended: no ACCEPTED after the end).
-    let existing: Vec<String> = Entity::find()
+    let existing: HashSet<String> = Entity::find()
         .select_only()
         .column(Column::IngestionId)
         .filter(Column::IngestionId.is_in(ids))
-        .into_tuple()
+        .into_tuple::<String>()
         .all(&txn)
-        .await?;
-    let recorded: Vec<Model> = rows
+        .await?
         .into_iter()
-        .filter(|row| !existing.contains(&row.ingestion_id))
         .collect();
+    let (known, recorded): (Vec<Model>, Vec<Model>) = rows
+        .into_iter()
+        .partition(|row| existing.contains(&row.ingestion_id));
+    for row in known {
+        Entity::update_many()
+            .col_expr(
+                Column::IdempotencyKey,
+                Expr::col(Column::IdempotencyKey).if_null(row.idempotency_key),
+            )
+            .col_expr(
+                Column::ContentHash,
+                Expr::col(Column::ContentHash).if_null(row.content_hash),
+            )
+            .filter(Column::IngestionId.eq(row.ingestion_id))
+            .exec(&txn)
+            .await?;
+    }
     if !recorded.is_empty() {
         Entity::insert_many(recorded.iter().cloned().map(ingestion::ActiveModel::from))
             .exec_without_returning(&txn)
@@ -137,12 +152,15 @@ pub fn outcome_state(outcome: Outcome) -> &'static str {
     }
 }
 
-/// Applies a completion. Returns the change when this call ended the ingestion, `None` when
-/// it had already ended (a duplicate delivery).
+/// Applies a completion. Returns the events it appended: the terminal one when this call
+/// ended the ingestion, preceded by its ACCEPTED when the completion overtook the gateway's
+/// own record of it (a worker is often quicker than the recorder under load, and an
+/// ingestion's log always starts with ACCEPTED); nothing when it had already ended (a
+/// duplicate delivery).
 pub async fn apply_completion(
     db: &DatabaseConnection,
     completion: &Completion,
-) -> Result<Option<Change>, DbErr> {
+) -> Result<Vec<Change>, DbErr> {
     let state = outcome_state(completion.outcome);
     let txn = begin_event_write(db).await?;
     // Conditional on `accepted`, so of two deliveries (or two gateways) exactly one moves it.
@@ -166,27 +184,37 @@ pub async fn apply_completion(
         .exec(&txn)
         .await?
         .rows_affected;
-    let ended = if moved == 1 {
-        get(&txn, &completion.tenant, &completion.ingestion_id).await?
+    let events = if moved == 1 {
+        get(&txn, &completion.tenant, &completion.ingestion_id)
+            .await?
+            .into_iter()
+            .collect()
     } else {
-        // Not accepted here yet (the completion overtook the gateway's own record) or done.
-        let row = Model {
+        // Not recorded here yet (the completion overtook the gateway's own record) or done.
+        let accepted = Model {
             ingestion_id: completion.ingestion_id.clone(),
             tenant: completion.tenant.clone(),
             document_id: completion.document_id.clone(),
             operation: completion.operation.as_str().to_owned(),
-            state: state.to_owned(),
+            state: ACCEPTED.to_owned(),
             kafka_topic: completion.source.topic.clone(),
             kafka_partition: completion.source.partition,
             kafka_offset: completion.source.offset,
-            chunk_count: completion.chunk_count as i32,
-            failure_reason: completion.failure_reason.clone(),
+            chunk_count: 0,
+            failure_reason: None,
             idempotency_key: None,
             accepted_at_ms: completion.accepted_at_ms,
-            completed_at_ms: Some(completion.completed_at_ms),
+            completed_at_ms: None,
             content_hash: None,
         };
-        let inserted = Entity::insert(ingestion::ActiveModel::from(row.clone()))
+        let ended = Model {
+            state: state.to_owned(),
+            chunk_count: completion.chunk_count as i32,
+            failure_reason: completion.failure_reason.clone(),
+            completed_at_ms: Some(completion.completed_at_ms),
+            ..accepted.clone()
+        };
+        let inserted = Entity::insert(ingestion::ActiveModel::from(ended.clone()))
             .on_conflict(
                 OnConflict::column(Column::IngestionId)
                     .do_nothing()
@@ -194,14 +222,15 @@ pub async fn apply_completion(
             )
             .exec_without_returning(&txn)
             .await?;
-        (inserted == 1).then_some(row)
+        if inserted == 1 {
+            vec![accepted, ended]
+        } else {
+            Vec::new()
+        }
     };
-    let change = match ended {
-        Some(row) => append_events(&txn, vec![row]).await?.pop(),
-        None => None,
-    };
+    let changes = append_events(&txn, events).await?;
     txn.commit().await?;
-    Ok(change)
+    Ok(changes)
 }
 
 /// One ingestion of one tenant; another tenant's id finds nothing.
@@ -403,10 +432,11 @@ mod tests {
             .unwrap()
             .is_empty());
 
-        let first = apply_completion(&db, &completion("i1", Outcome::Indexed))
+        let mut first = apply_completion(&db, &completion("i1", Outcome::Indexed))
             .await
-            .unwrap()
-            .expect("the first completion ends the ingestion");
+            .unwrap();
+        assert_eq!(first.len(), 1, "the first completion ends the ingestion");
+        let first = first.remove(0);
         assert_eq!(
             (first.row.state.as_str(), first.row.chunk_count),
             (INDEXED, 3)
@@ -417,21 +447,35 @@ mod tests {
             apply_completion(&db, &completion("i1", Outcome::Failed))
                 .await
                 .unwrap(),
-            None
+            []
         );
         assert_eq!(get(&db, "a", "i1").await.unwrap().unwrap().state, INDEXED);
 
-        // A completion that overtakes the gateway's record creates the row; the late
-        // accepted record neither moves it back nor adds an ACCEPTED event after the end.
-        assert!(apply_completion(&db, &completion("i2", Outcome::Indexed))
+        // A completion that overtakes the gateway's record creates the row and logs ACCEPTED
+        // before the end; the late accepted record neither moves it back nor adds an event
+        // after the end, but leaves its idempotency key and content hash for retries.
+        let overtaking = apply_completion(&db, &completion("i2", Outcome::Indexed))
             .await
-            .unwrap()
-            .is_some());
-        assert!(record_accepted(&db, vec![accepted("i2", "a")])
-            .await
-            .unwrap()
-            .is_empty());
-        assert_eq!(get(&db, "a", "i2").await.unwrap().unwrap().state, INDEXED);
+            .unwrap();
+        let states: Vec<&str> = overtaking.iter().map(|c| c.row.state.as_str()).collect();
+        assert_eq!(states, [ACCEPTED, INDEXED]);
+        let late = Model {
+            idempotency_key: Some("key-2".into()),
+            content_hash: Some("hash-2".into()),
+            ..accepted("i2", "a")
+        };
+        assert!(record_accepted(&db, vec![late]).await.unwrap().is_empty());
+        let row = get(&db, "a", "i2").await.unwrap().unwrap();
+        assert_eq!(row.state, INDEXED);
+        assert_eq!(row.idempotency_key.as_deref(), Some("key-2"));
+        assert_eq!(row.content_hash.as_deref(), Some("hash-2"));
+        assert_eq!(
+            find_by_idempotency_keys(&db, "a", &["key-2".into()], 0)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
 
         // The event log: each change once, in order, per tenant.
         let events = events_after(&db, "a", 0, None, 100).await.unwrap();
@@ -439,26 +483,34 @@ mod tests {
             .iter()
             .map(|e| (e.ingestion_id.as_str(), e.state.as_str()))
             .collect();
-        assert_eq!(states, [("i1", ACCEPTED), ("i1", INDEXED), ("i2", INDEXED)]);
+        assert_eq!(
+            states,
+            [
+                ("i1", ACCEPTED),
+                ("i1", INDEXED),
+                ("i2", ACCEPTED),
+                ("i2", INDEXED)
+            ]
+        );
         assert_eq!(
             events.iter().map(|e| e.tenant_seq).collect::<Vec<_>>(),
-            [1, 2, 3]
+            [1, 2, 3, 4]
         );
         let after_first = events_after(&db, "a", 1, Some(&["i2".into()]), 100)
             .await
             .unwrap();
-        assert_eq!(after_first.len(), 1);
+        assert_eq!(after_first.len(), 2);
         assert!(events_after(&db, "b", 0, None, 100)
             .await
             .unwrap()
             .is_empty());
-        assert_eq!(latest_seq(&db, "a").await.unwrap(), 3);
+        assert_eq!(latest_seq(&db, "a").await.unwrap(), 4);
         assert_eq!(latest_seq(&db, "b").await.unwrap(), 0);
         let (latest, rows) = snapshot(&db, "a", &["i1".into()]).await.unwrap();
-        assert_eq!((latest, rows.len()), (3, 1));
+        assert_eq!((latest, rows.len()), (4, 1));
         // Pruning keeps each tenant's latest event, so numbering carries on.
-        assert_eq!(prune_events(&db, now_ms() + 1).await.unwrap(), 2);
-        assert_eq!(oldest_seq(&db, "a").await.unwrap(), 3);
+        assert_eq!(prune_events(&db, now_ms() + 1).await.unwrap(), 3);
+        assert_eq!(oldest_seq(&db, "a").await.unwrap(), 4);
 
         // Tenants never see each other's rows.
         assert!(get(&db, "b", "i1").await.unwrap().is_none());
