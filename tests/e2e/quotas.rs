@@ -1,6 +1,6 @@
 //! Per-tenant quotas over mTLS: over a limit is RESOURCE_EXHAUSTED (with google.rpc.RetryInfo
 //! when waiting helps), quota changes take effect without a restart, and a tenant flooding the
-//! gateway is refused (tests/fairness.rs shows it does not slow another tenant down).
+//! gateway is refused (tests/e2e/fairness.rs shows it does not slow another tenant down).
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! arrive in batches; afterwards every acknowledged document is indexed once and every
 //! ingestion ended exactly once. Then a graceful SIGTERM: the process finishes and exits 0.
 //!
-//! The counts each run saw are printed (`cargo test --test faults -- --nocapture`).
+//! The counts each run saw are printed (`cargo test --test e2e faults -- --nocapture`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,16 @@
+//! The end-to-end tests: one binary (one link), a module per surface, each against the real
+//! broker, model, databases and vector store that the harness (`sluice_tests`) starts.
+//!
+//! Tests marked `#[ignore]` measure time and must have the machine to themselves:
+//! `deploy/dev/test` runs them after the rest, alone (`-- --ignored --test-threads=1`).
+
+mod event_log;
+mod exactly_once;
+mod fairness;
+mod faults;
+mod isolation;
+mod operations;
+mod pipeline;
+mod quotas;
+mod schemas;
+mod tenants;
