@@ -43,6 +43,15 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Ok(db)
 }
 
+/// Whether an error is a unique-constraint violation: another writer (perhaps another
+/// gateway on the same database) inserted the same key first.
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
 /// Whether the database answers, for health reports.
 pub async fn probe(db: &DatabaseConnection) -> Result<&'static str, DbErr> {
     db.ping().await?;

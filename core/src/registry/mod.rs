@@ -19,12 +19,14 @@ use std::str::FromStr;
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    DbBackend, DbErr, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::db::is_unique_violation;
+use crate::record::now_ms;
 use crate::tenant::TenantId;
 use entity::{audit, binding, revoked, tenant};
 
@@ -347,14 +349,6 @@ pub enum RegistryError {
     Invalid(String),
     #[error("registry database: {0}")]
     Db(#[from] DbErr),
-}
-
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn not_found(id: &TenantId) -> RegistryError {

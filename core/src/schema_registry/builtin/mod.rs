@@ -28,10 +28,11 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 
+use crate::db::is_unique_violation;
 use crate::record::now_ms;
 
 use super::{
@@ -862,8 +863,4 @@ async fn store_level(
         .exec_without_returning(conn)
         .await?;
     Ok(())
-}
-
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
