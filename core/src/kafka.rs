@@ -44,7 +44,7 @@ pub struct OutgoingRecord {
 }
 
 /// Why a transaction did not commit.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransactionError {
     /// Aborted: nothing of it is visible to read_committed consumers; trying again is safe.
     #[error("Kafka transaction aborted: {0}")]

@@ -2,7 +2,7 @@
 //!
 //! A transaction costs a broker round trip or more (about 100 ms on the local broker), so
 //! requests that arrive while one is in flight are committed together in the next one
-//! (group commit). Each request's records stay all-or-nothing: a transaction commits or
+//! ([group commit](crate::group_commit)). Each request's records stay all-or-nothing: a transaction commits or
 //! aborts as a whole. A caller gets its positions only after the commit.
 
 use std::time::Duration;
@@ -10,22 +10,18 @@ use std::time::Duration;
 use sluice_core::config::KafkaConfig;
 use sluice_core::kafka::{OutgoingRecord, TransactionError, TransactionalProducer};
 use sluice_core::record::{DocumentRecord, Position};
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::group_commit::{Commit, GroupCommit};
 
 /// Bound on each transaction step; a dead broker is reported within it.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Append {
-    records: Vec<OutgoingRecord>,
-    reply: oneshot::Sender<Result<Vec<Position>, TransactionError>>,
-}
 
 /// The handle requests use; cheap to clone. When every handle is dropped the appender
 /// finishes the transaction in flight and stops.
 #[derive(Clone)]
 pub struct Appender {
-    requests: mpsc::Sender<Append>,
+    transactions: GroupCommit<Transactions>,
     topic: String,
 }
 
@@ -37,16 +33,20 @@ impl Appender {
         producer: TransactionalProducer,
         max_records: usize,
     ) -> (Self, JoinHandle<()>) {
-        let (requests, receiver) = mpsc::channel(1024);
         let topic = kafka.documents_topic.clone();
-        let task = tokio::spawn(run(
+        let transactions = Transactions {
             kafka,
             transactional_id,
-            Some(producer),
-            receiver,
-            max_records.max(1),
-        ));
-        (Self { requests, topic }, task)
+            producer: Some(producer),
+        };
+        let (transactions, task) = GroupCommit::spawn("appender", transactions, max_records);
+        (
+            Self {
+                transactions,
+                topic,
+            },
+            task,
+        )
     }
 
     /// Writes `records` in one transaction (possibly shared with other requests) and returns
@@ -64,101 +64,52 @@ impl Appender {
                 headers: r.headers(),
             })
             .collect();
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Append { records, reply })
-            .await
-            .map_err(|_| TransactionError::Fatal("gateway is shutting down".into()))?;
-        answer
+        self.transactions
+            .submit(records)
             .await
             .map_err(|_| TransactionError::Fatal("gateway is shutting down".into()))?
     }
 }
 
-async fn run(
+/// Commits groups of records as Kafka transactions, rebuilding the producer when one fails
+/// for good.
+struct Transactions {
     kafka: KafkaConfig,
     transactional_id: String,
-    mut producer: Option<TransactionalProducer>,
-    mut requests: mpsc::Receiver<Append>,
-    max_records: usize,
-) {
-    while let Some(first) = requests.recv().await {
-        // Everything already waiting joins this transaction, up to the record limit. A single
-        // request larger than the limit still goes alone: it must stay all-or-nothing.
-        let mut group = vec![first];
-        let mut count = group[0].records.len();
-        while count < max_records {
-            match requests.try_recv() {
-                Ok(next) if count + next.records.len() <= max_records => {
-                    count += next.records.len();
-                    group.push(next);
-                }
-                Ok(next) => {
-                    commit_group(
-                        &kafka,
-                        &transactional_id,
-                        &mut producer,
-                        std::mem::take(&mut group),
-                    )
-                    .await;
-                    group.push(next);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        commit_group(&kafka, &transactional_id, &mut producer, group).await;
-    }
-    tracing::info!("appender stopped");
+    producer: Option<TransactionalProducer>,
 }
 
-/// Commits one group and answers each of its requests.
-async fn commit_group(
-    kafka: &KafkaConfig,
-    transactional_id: &str,
-    producer: &mut Option<TransactionalProducer>,
-    group: Vec<Append>,
-) {
-    if group.is_empty() {
-        return;
-    }
-    if producer.is_none() {
-        // The previous producer failed for good (fenced, broker gone too long); try a new one.
-        match TransactionalProducer::new(kafka, transactional_id, STEP_TIMEOUT).await {
-            Ok(fresh) => *producer = Some(fresh),
-            Err(error) => {
-                tracing::warn!(%error, "Kafka producer unavailable");
-                for append in group {
-                    let _ = append
-                        .reply
-                        .send(Err(TransactionError::Fatal(error.to_string())));
+impl Commit for Transactions {
+    type Item = OutgoingRecord;
+    type Output = Position;
+    type Error = TransactionError;
+
+    async fn commit(
+        &mut self,
+        records: Vec<OutgoingRecord>,
+    ) -> Result<Vec<Position>, TransactionError> {
+        if self.producer.is_none() {
+            // The previous producer failed for good (fenced, broker gone too long); try a
+            // new one.
+            match TransactionalProducer::new(&self.kafka, &self.transactional_id, STEP_TIMEOUT)
+                .await
+            {
+                Ok(fresh) => self.producer = Some(fresh),
+                Err(error) => {
+                    tracing::warn!(%error, "Kafka producer unavailable");
+                    return Err(TransactionError::Fatal(error.to_string()));
                 }
-                return;
             }
         }
-    }
-    let active = producer.as_ref().expect("set above");
-    let records: Vec<OutgoingRecord> = group
-        .iter()
-        .flat_map(|a| a.records.iter().cloned())
-        .collect();
-    let result = active.commit(&records, None).await;
-    if let Err(error) = &result {
-        tracing::warn!(%error, records = records.len(), "transaction not committed");
-        if matches!(error, TransactionError::Fatal(_)) {
-            *producer = None;
+        let active = self.producer.as_ref().expect("set above");
+        let result = active.commit(&records, None).await;
+        if let Err(error) = &result {
+            tracing::warn!(%error, records = records.len(), "transaction not committed");
+            if matches!(error, TransactionError::Fatal(_)) {
+                self.producer = None;
+            }
         }
-    }
-    let mut positions = result.map(Vec::into_iter);
-    for append in group {
-        let answer = match &mut positions {
-            Ok(all) => Ok(all.by_ref().take(append.records.len()).collect()),
-            Err(error) => Err(match error {
-                TransactionError::Aborted(m) => TransactionError::Aborted(m.clone()),
-                TransactionError::Fatal(m) => TransactionError::Fatal(m.clone()),
-            }),
-        };
-        let _ = append.reply.send(answer);
+        result
     }
 }
 

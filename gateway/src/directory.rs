@@ -6,12 +6,15 @@
 //! change or a revocation made with `sluice-admin` on any machine reaches every gateway
 //! instance within seconds, with no restart and no message bus of its own.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sluice_core::registry::{Registry, RegistryError, RegistrySnapshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::periodic;
 
 #[derive(Clone)]
 pub struct TenantDirectory {
@@ -49,26 +52,23 @@ impl TenantDirectory {
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         let directory = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
+        // Said once when refreshing starts failing and once when it works again.
+        let failing = Arc::new(AtomicBool::new(false));
+        periodic::spawn(interval, shutdown, move || {
+            let directory = directory.clone();
+            let failing = failing.clone();
+            async move {
                 match directory.refresh().await {
-                    Ok(()) if failing => {
-                        failing = false;
-                        tracing::info!("tenant registry readable again");
+                    Ok(()) => {
+                        if failing.swap(false, Ordering::Relaxed) {
+                            tracing::info!("tenant registry readable again");
+                        }
                     }
-                    Ok(()) => {}
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::error!(%error, "cannot refresh the tenant registry; using the last copy");
+                    Err(error) => {
+                        if !failing.swap(true, Ordering::Relaxed) {
+                            tracing::error!(%error, "cannot refresh the tenant registry; using the last copy");
+                        }
                     }
-                    Err(_) => {}
                 }
             }
         })

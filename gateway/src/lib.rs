@@ -12,7 +12,10 @@
 //! - [`completions`]: consumes workers' completion events into the database projection and
 //!   the [`hub`], which fans ingestion events out to watchers and waiting calls.
 //! - [`recorder`]: records accepted ingestions in the database, many requests per transaction.
+//! - [`group_commit`]: what the appender and the recorder share: requests that arrive
+//!   together share one commit, and each hears its own answer.
 //! - [`idempotency`]: recognises repeated requests so they write nothing new.
+//! - [`periodic`]: the loop behind every task that runs every so often.
 //! - [`retention`]: prunes ingestion events older than resumable watch streams need.
 //! - [`ingest`], [`search`] and [`schemas`]: the gRPC services.
 //! - [`registry_api`]: the built-in schema registry's Confluent REST API, scoped per tenant.
@@ -29,10 +32,12 @@ pub mod appender;
 pub mod auth;
 pub mod completions;
 pub mod directory;
+pub mod group_commit;
 pub mod health;
 pub mod hub;
 pub mod idempotency;
 pub mod ingest;
+pub mod periodic;
 pub mod pki;
 pub mod quota;
 pub mod recorder;

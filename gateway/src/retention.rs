@@ -10,6 +10,8 @@ use sluice_core::record::now_ms;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::periodic;
+
 /// How often the log is pruned.
 const EVERY: Duration = Duration::from_secs(600);
 
@@ -18,14 +20,9 @@ pub fn spawn(
     retention: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+    periodic::spawn(EVERY, shutdown, move || {
+        let db = db.clone();
+        async move {
             let before = now_ms() - retention.as_millis() as i64;
             match projection::prune_events(&db, before).await {
                 Ok(0) => {}

@@ -29,6 +29,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::periodic;
+
 /// A client that connects but does not finish its handshake is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,19 +111,13 @@ impl ReloadingTls {
         interval: Duration,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                let tls = self.clone();
+        periodic::spawn(interval, shutdown, move || {
+            let (tls, this) = (self.clone(), self.clone());
+            async move {
                 match tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
                     Ok(Ok(true)) => tracing::info!(
-                        cert = %self.files.cert.display(),
-                        client_ca = %self.files.client_ca.display(),
+                        cert = %this.files.cert.display(),
+                        client_ca = %this.files.client_ca.display(),
                         "TLS certificate and client CA reloaded; new connections use them"
                     ),
                     Ok(Ok(false)) => {}
