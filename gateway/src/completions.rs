@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::Message;
 use sea_orm::DatabaseConnection;
@@ -74,24 +75,20 @@ pub fn spawn(
 /// Applies one completion; retries the database until it answers, since skipping would lose
 /// the event for watchers.
 async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match projection::apply_completion(db, completion).await {
-            Ok(changes) if changes.is_empty() => {
-                tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
-                return;
-            }
-            Ok(changes) => {
-                for change in changes {
-                    hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
-                }
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot record completion; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
+    let changes = (|| projection::apply_completion(db, completion))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times(),
+        )
+        .notify(|error, pause| tracing::warn!(%error, ?pause, "cannot record completion; retrying"))
+        .await
+        .expect("retried without limit");
+    if changes.is_empty() {
+        tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
+    }
+    for change in changes {
+        hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
     }
 }

@@ -82,19 +82,36 @@ impl Worker {
 
     /// Runs sessions until shut down; a session that fails is rebuilt after a pause.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut pause = Duration::from_millis(500);
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(%error, ?pause, "worker session ended; resuming from committed offsets");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(10));
+        let stop = shutdown.clone();
+        // The pause ends early at shutdown; the next try then sees it and starts nothing.
+        let pause = move |pause: Duration| {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
+        };
+        let session = || async {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            self.session(&shutdown).await
+        };
+        let ended = session
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_max_delay(Duration::from_secs(10))
+                    .without_max_times(),
+            )
+            .sleep(pause)
+            .when(|_| !shutdown.is_cancelled())
+            .notify(|error, pause| tracing::warn!(%error, ?pause, "worker session ended; resuming from committed offsets"))
+            .await;
+        if let Err(error) = ended {
+            tracing::warn!(%error, "worker session ended at shutdown");
         }
         tracing::info!("worker stopped");
     }
