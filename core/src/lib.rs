@@ -17,6 +17,7 @@
 //! - [`registry`]: the tenant registry: tenants, their state and quotas, certificate bindings,
 //!   revocations, and the audit trail of every change.
 //! - [`health`]: the dependency report behind `/healthz` and gRPC health.
+//! - [`shared`]: what a process opens at start (model, vector store, database, schemas), once.
 
 pub mod chunk;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod record;
 pub mod registry;
 pub mod schema;
 pub mod schema_registry;
+pub mod shared;
 pub mod telemetry;
 pub mod tenant;
 pub mod vector;

@@ -10,17 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sea_orm::DatabaseConnection;
 use sluice_core::config::Config;
-use sluice_core::embed::Embedder;
 use sluice_core::kafka::{ensure_topics, TransactionalProducer};
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
 use sluice_core::proto::schema_service_server::SchemaServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
 use sluice_core::registry::Registry;
-use sluice_core::schema_registry::builtin::BuiltinRegistry;
-use sluice_core::schema_registry::SchemaCatalog;
-use sluice_core::vector::VectorStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -41,51 +36,7 @@ use crate::search::SearchApi;
 use crate::tls::{ReloadingTls, TlsFiles};
 use crate::validate::Validator;
 
-/// What the gateway shares with a worker in the same process: the model, the vector store and
-/// the database.
-#[derive(Clone)]
-pub struct Shared {
-    pub embedder: Arc<Embedder>,
-    pub store: Arc<dyn VectorStore>,
-    pub db: DatabaseConnection,
-    /// Tenants' document schemas (the registry behind a cache).
-    pub schemas: Arc<SchemaCatalog>,
-    /// The built-in registry, when no external one is configured; its REST API is served on
-    /// the gRPC port.
-    pub builtin_registry: Option<Arc<BuiltinRegistry>>,
-}
-
-impl Shared {
-    /// Loads the model, opens the vector store and connects to the database, per `config`.
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let model = config.model.clone();
-        let embedder = tokio::task::spawn_blocking(move || {
-            sluice_core::embed::Embedder::load(
-                &model.dir,
-                sluice_core::embed::EmbedderOptions {
-                    max_batch: model.max_batch,
-                    ..Default::default()
-                },
-            )
-        })
-        .await??;
-        let store = sluice_core::vector::open(config, embedder.dimension())
-            .await
-            .context("vector store")?;
-        let db = sluice_core::db::connect(&config.database_url())
-            .await
-            .context("database")?;
-        let schemas =
-            sluice_core::schema_registry::open(&config.schemas, &db).context("schema registry")?;
-        Ok(Self {
-            embedder: Arc::new(embedder),
-            store,
-            db,
-            schemas: schemas.catalog,
-            builtin_registry: schemas.builtin,
-        })
-    }
-}
+pub use sluice_core::shared::Shared;
 
 /// Largest request accepted: a batch of documents can be large; each document's own limits
 /// are checked by validation.

@@ -45,20 +45,10 @@ async fn main() -> anyhow::Result<()> {
             "the embedded vector store lives in the gateway's process: run `sluice-gateway --standalone`, or configure a Qdrant server (vector_store.kind = \"qdrant\")"
         );
     }
-    let model = config.model.clone();
-    let embedder = std::sync::Arc::new(sluice_core::embed::Embedder::load(
-        &model.dir,
-        sluice_core::embed::EmbedderOptions {
-            max_batch: model.max_batch,
-            ..Default::default()
-        },
-    )?);
-    let store = sluice_core::vector::open(&config, embedder.dimension()).await?;
+    let shared = sluice_core::shared::Shared::open(&config).await?;
     sluice_core::kafka::ensure_topics(&config.kafka).await?;
-    // The built-in schema registry lives in the database the gateway writes.
-    let db = sluice_core::db::connect(&config.database_url()).await?;
-    let schemas = sluice_core::schema_registry::open(&config.schemas, &db)?;
-    let indexer = sluice_worker::indexer_for(&config, schemas.catalog, embedder, store)?;
+    let indexer =
+        sluice_worker::indexer_for(&config, shared.schemas, shared.embedder, shared.store)?;
     let worker = Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
