@@ -5,6 +5,11 @@
 //!   in the Confluent wire format in the value (magic byte, schema id, Avro binary; empty for a
 //!   deletion), so any Confluent-compatible consumer can read it.
 //! - [`Completion`] on the completions topic: how one ingestion ended, as JSON, same key.
+//! - Dead letters on the dead-letter topic: the original record with [`dead_letter_header`]s;
+//!   re-driven, a record carries [`header::REDRIVEN_FROM`].
+//!
+//! This module is the Kafka wire contract: every record, header name and id format that
+//! crosses between the gateway, the workers and other consumers is defined here, once.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +32,23 @@ pub mod header {
     /// The registry id of that schema (also in the value's wire-format prefix).
     pub const SCHEMA_ID: &str = "sluice-schema-id";
     pub const ACCEPTED_AT_MS: &str = "sluice-accepted-at-ms";
+    /// On a re-driven dead letter: the ingestion it replaces.
+    pub const REDRIVEN_FROM: &str = "sluice-redriven-from";
+}
+
+/// Headers a worker adds to a dead letter, next to the original record's own.
+pub mod dead_letter_header {
+    pub const ORIGIN_TOPIC: &str = "sluice-dlq-origin-topic";
+    pub const ORIGIN_PARTITION: &str = "sluice-dlq-origin-partition";
+    pub const ORIGIN_OFFSET: &str = "sluice-dlq-origin-offset";
+    pub const ERROR_CLASS: &str = "sluice-dlq-error-class";
+    pub const ERROR: &str = "sluice-dlq-error";
+    pub const ATTEMPTS: &str = "sluice-dlq-attempts";
+}
+
+/// A new ingestion id: a UUIDv7, time-ordered, so ids sort by acceptance.
+pub fn new_ingestion_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

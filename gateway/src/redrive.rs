@@ -18,18 +18,15 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_core::config::Config;
 use sluice_core::db::projection;
 use sluice_core::kafka::{read_committed_consumer, OutgoingRecord, TransactionalProducer};
-use sluice_core::record::{now_ms, DocumentRecord};
-use sluice_worker::consumer::dead_letter_header::{
+use sluice_core::record::dead_letter_header::{
     ERROR, ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC,
 };
+use sluice_core::record::header::REDRIVEN_FROM;
+use sluice_core::record::{new_ingestion_id, now_ms, DocumentRecord};
 use tokio::time::Instant;
-
-use crate::validate::new_ingestion_id;
 
 /// The consumer group whose offsets say which dead letters were re-driven already.
 pub const GROUP: &str = "sluice-dead-letter-redrive";
-/// Names the ingestion a re-driven record replaces.
-pub const REDRIVEN_FROM: &str = "sluice-redriven-from";
 /// Reading stops once the dead-letter topic has been quiet this long.
 const QUIET: Duration = Duration::from_secs(3);
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sluice_core::config::GatewayConfig;
 use sluice_core::proto::{document::Payload, Document};
-use sluice_core::record::{now_ms, DocumentRecord, Operation};
+use sluice_core::record::{new_ingestion_id, now_ms, DocumentRecord, Operation};
 use sluice_core::schema::DocumentSchema;
 use sluice_core::schema_registry::catalog::{CatalogError, ResolvedSchema};
 use sluice_core::schema_registry::{SchemaCatalog, VersionSelector};
@@ -256,11 +256,6 @@ impl Validator {
             }
         }
     }
-}
-
-/// Time-ordered, so ids sort by acceptance.
-pub fn new_ingestion_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }
 
 fn document_id(id: &str, field: &str, violations: &mut Vec<Violation>) {

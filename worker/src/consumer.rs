@@ -16,7 +16,9 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_core::config::{KafkaConfig, WorkerConfig};
 use sluice_core::kafka::{read_committed_consumer, OutgoingRecord, TransactionalProducer};
-use sluice_core::record::{now_ms, Completion, DocumentRecord, Outcome, Position};
+use sluice_core::record::{
+    dead_letter_header, now_ms, Completion, DocumentRecord, Outcome, Position,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,16 +30,6 @@ const MAX_BATCH: usize = 16;
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 /// Bound on each transaction step; a dead broker is noticed within it.
 const TRANSACTION_STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Headers added to a dead letter, next to the original record's own.
-pub mod dead_letter_header {
-    pub const ORIGIN_TOPIC: &str = "sluice-dlq-origin-topic";
-    pub const ORIGIN_PARTITION: &str = "sluice-dlq-origin-partition";
-    pub const ORIGIN_OFFSET: &str = "sluice-dlq-origin-offset";
-    pub const ERROR_CLASS: &str = "sluice-dlq-error-class";
-    pub const ERROR: &str = "sluice-dlq-error";
-    pub const ATTEMPTS: &str = "sluice-dlq-attempts";
-}
 
 /// A consumer group member.
 pub struct Worker {
