@@ -103,7 +103,7 @@ mod tests {
         let path = dir.join("tokenizer.json");
         Tokenizer::from_file(&path).unwrap_or_else(|e| {
             panic!(
-                "the chunking tests need {} (run deploy/dev/install-model): {e}",
+                "the chunking tests need {} (run deploy/dev/install): {e}",
                 path.display()
             )
         })

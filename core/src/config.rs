@@ -211,7 +211,7 @@ impl Default for VectorStoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// Directory with model.safetensors, tokenizer.json and config.json of all-MiniLM-L6-v2.
-    /// Default `$HOME/.cache/sluice/model` (where `deploy/dev/install-model` puts it).
+    /// Default `$HOME/.cache/sluice/model` (where `deploy/dev/install` puts it).
     pub dir: PathBuf,
     /// Chunks embedded in one forward pass. Default 16.
     pub max_batch: usize,

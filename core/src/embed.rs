@@ -111,7 +111,7 @@ impl Embedder {
             return Err(EmbedError::ModelMissing {
                 path: model_dir.to_path_buf(),
                 hint: format!(
-                    "{what}; run `deploy/dev/install-model` to install all-MiniLM-L6-v2 there, \
+                    "{what}; run `deploy/dev/install` to install all-MiniLM-L6-v2 there, \
                      or set {MODEL_DIR_ENV} to a directory holding {}",
                     REQUIRED_FILES.join(", ")
                 ),
@@ -1162,7 +1162,7 @@ mod tests {
             .expect("loading from a missing directory must fail");
         assert!(matches!(error, EmbedError::ModelMissing { .. }));
         let message = error.to_string();
-        assert!(message.contains("deploy/dev/install-model"), "{message}");
+        assert!(message.contains("deploy/dev/install"), "{message}");
         assert!(message.contains(MODEL_DIR_ENV), "{message}");
     }
 

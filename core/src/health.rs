@@ -1,5 +1,5 @@
-//! The dependency report behind `/healthz` and the gRPC health service, shaped like the
-//! seeds' `/health`: an overall status and one entry per dependency.
+//! The dependency report behind `/healthz` and the gRPC health service, shaped as health
+//! endpoints usually are: an overall status and one entry per dependency.
 
 use std::collections::BTreeMap;
 

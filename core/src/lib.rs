@@ -14,7 +14,7 @@
 //! - [`embed`]: sentence embeddings with candle (all-MiniLM-L6-v2).
 //! - [`vector`]: the vector store trait, embedded qdrant-edge and a Qdrant server.
 //! - [`db`]: the database (sea-orm): tenants and the ingestion projection of the log.
-//! - [`registry`]: the tenant registry: tenants, their state and quotas, certificate bindings,
+//! - [`tenants`]: the tenant registry: tenants, their state and quotas, certificate bindings,
 //!   revocations, and the audit trail of every change.
 //! - [`health`]: the dependency report behind `/healthz` and gRPC health.
 //! - [`shared`]: what a process opens at start (model, vector store, database, schemas), once.
@@ -27,10 +27,10 @@ pub mod health;
 pub mod kafka;
 pub mod proto;
 pub mod record;
-pub mod registry;
 pub mod schema;
 pub mod schema_registry;
 pub mod shared;
 pub mod telemetry;
 pub mod tenant;
+pub mod tenants;
 pub mod vector;

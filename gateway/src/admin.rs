@@ -16,10 +16,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use sluice_core::config::Config;
-use sluice_core::registry::{
-    Binding, QuotaUpdate, Quotas, Registry, Revocation, Tenant, TenantState,
-};
 use sluice_core::tenant::TenantId;
+use sluice_core::tenants::{
+    Binding, QuotaUpdate, Quotas, Revocation, Tenant, TenantState, Tenants,
+};
 
 use crate::pki::{Authority, CertSpec, CertificateIdentity, Issued};
 
@@ -318,12 +318,12 @@ impl Cli {
     }
 
     /// The registry in the configured database (migrated on connect, like the gateway's).
-    async fn registry(&self) -> anyhow::Result<Registry> {
+    async fn registry(&self) -> anyhow::Result<Tenants> {
         let url = self.config()?.database_url();
         let db = sluice_core::db::connect(&url)
             .await
             .with_context(|| format!("database {}", redact_password(&url)))?;
-        Ok(Registry::new(db))
+        Ok(Tenants::new(db))
     }
 }
 

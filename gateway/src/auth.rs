@@ -9,8 +9,8 @@
 //! The development mode (`gateway.dev_tenant_header`) serves plaintext and takes the tenant from
 //! the `x-sluice-tenant` header, unauthenticated; the server announces it loudly at start.
 
-use sluice_core::registry::{Quotas, TenantState};
 use sluice_core::tenant::TenantId;
+use sluice_core::tenants::{Quotas, TenantState};
 use tonic::{Request, Status};
 
 use crate::directory::TenantDirectory;
@@ -128,7 +128,7 @@ impl Authenticator {
 fn tenant_of(
     identity: &CertificateIdentity,
     trust_domain: &str,
-    snapshot: &sluice_core::registry::RegistrySnapshot,
+    snapshot: &sluice_core::tenants::TenantSnapshot,
 ) -> Result<TenantId, Status> {
     if let Some(id) = identity.spiffe_tenant(trust_domain) {
         return TenantId::parse(&id).map_err(|e| {

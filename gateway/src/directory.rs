@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sluice_core::registry::{Registry, RegistryError, RegistrySnapshot};
+use sluice_core::tenants::{TenantError, TenantSnapshot, Tenants};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,13 +18,13 @@ use crate::periodic;
 
 #[derive(Clone)]
 pub struct TenantDirectory {
-    registry: Registry,
-    snapshot: Arc<RwLock<Arc<RegistrySnapshot>>>,
+    registry: Tenants,
+    snapshot: Arc<RwLock<Arc<TenantSnapshot>>>,
 }
 
 impl TenantDirectory {
     /// Reads the registry once; the gateway does not start without it.
-    pub async fn load(registry: Registry) -> Result<Self, RegistryError> {
+    pub async fn load(registry: Tenants) -> Result<Self, TenantError> {
         let snapshot = registry.snapshot().await?;
         Ok(Self {
             registry,
@@ -33,12 +33,12 @@ impl TenantDirectory {
     }
 
     /// The registry as last read: cheap, for every request.
-    pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
+    pub fn snapshot(&self) -> Arc<TenantSnapshot> {
         self.snapshot.read().expect("directory lock").clone()
     }
 
     /// Reads the registry again now.
-    pub async fn refresh(&self) -> Result<(), RegistryError> {
+    pub async fn refresh(&self) -> Result<(), TenantError> {
         let snapshot = self.registry.snapshot().await?;
         *self.snapshot.write().expect("directory lock") = Arc::new(snapshot);
         Ok(())

@@ -18,7 +18,8 @@
 //! - [`periodic`]: the loop behind every task that runs every so often.
 //! - [`retention`]: prunes ingestion events older than resumable watch streams need.
 //! - [`ingest`], [`search`] and [`schemas`]: the gRPC services.
-//! - [`registry_api`]: the built-in schema registry's Confluent REST API, scoped per tenant.
+//! - [`schema_registry_api`]: the built-in schema registry's Confluent REST API, scoped per
+//!   tenant.
 //! - [`health`]: gRPC health and the HTTP `/healthz` dependency report.
 //! - [`status`]: errors → gRPC statuses with google.rpc details.
 //! - [`standalone`]: the worker in the same process, sharing the embedded vector store.
@@ -42,8 +43,8 @@ pub mod pki;
 pub mod quota;
 pub mod recorder;
 pub mod redrive;
-pub mod registry_api;
 pub mod retention;
+pub mod schema_registry_api;
 pub mod schemas;
 pub mod search;
 pub mod server;

@@ -21,8 +21,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
-use sluice_core::registry::{Binding, Revocation};
 use sluice_core::tenant::TenantId;
+use sluice_core::tenants::{Binding, Revocation};
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use sluice_core::registry::Quotas;
 use sluice_core::tenant::TenantId;
+use sluice_core::tenants::Quotas;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 

@@ -15,7 +15,7 @@ use sluice_core::kafka::{ensure_topics, TransactionalProducer};
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
 use sluice_core::proto::schema_service_server::SchemaServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
-use sluice_core::registry::Registry;
+use sluice_core::tenants::Tenants;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -57,7 +57,7 @@ pub struct RunningGateway {
 impl Gateway {
     pub async fn start(config: &Config, shared: Shared) -> anyhow::Result<RunningGateway> {
         let shutdown = CancellationToken::new();
-        let directory = TenantDirectory::load(Registry::new(shared.db.clone()))
+        let directory = TenantDirectory::load(Tenants::new(shared.db.clone()))
             .await
             .context("reading the tenant registry")?;
         let directory_task = directory.spawn_refresher(
@@ -141,7 +141,7 @@ impl Gateway {
         // certificate's tenant) with gRPC; Confluent clients speak HTTP/1.1 to it.
         let registry_routes = shared.builtin_registry.clone().map(|registry| {
             let catalog = shared.schemas.clone();
-            let api = crate::registry_api::router(
+            let api = crate::schema_registry_api::router(
                 registry,
                 shared.schemas.naming().clone(),
                 authenticator.clone(),

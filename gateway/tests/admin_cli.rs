@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sluice_core::registry::{Registry, Revocation};
+use sluice_core::tenants::{Revocation, Tenants};
 use sluice_gateway::pki::CertificateIdentity;
 
 /// The binary, in `dir` (so no stray ./sluice.toml is read), with its database in `dir/data`
@@ -159,7 +159,7 @@ async fn operator_session() {
 
     // The registry holds what the commands said.
     let url = format!("sqlite://{}?mode=rwc", dir.join("data/sluice.db").display());
-    let registry = Registry::new(sluice_core::db::connect(&url).await.unwrap());
+    let registry = Tenants::new(sluice_core::db::connect(&url).await.unwrap());
     let snapshot = registry.snapshot().await.unwrap();
     for revocation in identity.revocations() {
         assert!(snapshot.is_revoked(&revocation), "{revocation:?}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::{IngestBatchRequest, IngestRequest};
-use sluice_core::registry::{Quotas, Registry};
+use sluice_core::tenants::{Quotas, Tenants};
 use sluice_gateway::server::{Gateway, Shared};
 use sluice_tests::{as_tenant, document, tenant_id, test_config, Broker, Database};
 
@@ -26,7 +26,7 @@ async fn main() {
         .await
         .expect("open model, store, database");
     // Quotas high enough that the gateway, not the tenant's rate limit, is what is measured.
-    Registry::new(shared.db.clone())
+    Tenants::new(shared.db.clone())
         .create_tenant(
             "bench",
             &tenant_id("bench"),

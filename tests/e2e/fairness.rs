@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::IngestRequest;
-use sluice_core::registry::QuotaUpdate;
+use sluice_core::tenants::QuotaUpdate;
 use sluice_tests::{document, tenant_id, Database, Stack};
 use tonic::Code;
 
@@ -24,8 +24,8 @@ fn note(id: &str) -> IngestRequest {
 async fn a_flooding_tenant_does_not_slow_another() {
     const A_QUOTA: u32 = 10;
     let stack = Stack::start_tls(Database::Sqlite, &["tenant-a", "tenant-b"]).await;
-    let registry = stack.registry().await;
-    registry
+    let tenants = stack.tenants().await;
+    tenants
         .set_quotas(
             "tests",
             &tenant_id("tenant-a"),

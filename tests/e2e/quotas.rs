@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::search_service_client::SearchServiceClient;
 use sluice_core::proto::{IngestRequest, SearchRequest, WatchIngestionsRequest};
-use sluice_core::registry::QuotaUpdate;
+use sluice_core::tenants::QuotaUpdate;
 use sluice_tests::{document, eventually, tenant_id, Database, Stack};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -22,13 +22,13 @@ fn note(id: &str) -> IngestRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_enforced_and_follow_the_registry() {
     let stack = Stack::start_tls(Database::Sqlite, &["acme"]).await;
-    let registry = stack.registry().await;
+    let tenants = stack.tenants().await;
     let channel = stack.client_channel("acme").await;
     let mut ingest = IngestServiceClient::new(channel.clone());
     let search = SearchServiceClient::new(channel);
 
     // Tighten acme's quotas under the running gateway.
-    registry
+    tenants
         .set_quotas(
             "tests",
             &tenant_id("acme"),

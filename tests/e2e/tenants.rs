@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::{GetIngestionRequest, IngestRequest, WatchIngestionsRequest};
-use sluice_core::registry::{Binding, Revocation, TenantState};
+use sluice_core::tenants::{Binding, Revocation, TenantState};
 use sluice_gateway::pki::{Authority, CertSpec, Issued};
 use sluice_tests::{document, eventually, grpcurl, tenant_id, Database, Stack};
 use tokio_stream::StreamExt;
@@ -116,7 +116,7 @@ fn refused_with(result: Result<Status, String>, code: Code, words: &str) -> bool
 async fn certificates_are_refused_and_the_client_is_told_why() {
     let stack = Stack::start_tls(Database::Sqlite, &["acme", "initech"]).await;
     let pki = stack.pki();
-    let registry = stack.registry().await;
+    let tenants = stack.tenants().await;
 
     let acme = pki.client("acme");
     assert!(
@@ -221,7 +221,7 @@ async fn certificates_are_refused_and_the_client_is_told_why() {
         Code::PermissionDenied,
         "bound to no tenant"
     ));
-    registry
+    tenants
         .bind_certificate(
             "tests",
             &tenant_id("initech"),
@@ -246,7 +246,7 @@ async fn certificates_are_refused_and_the_client_is_told_why() {
 
     // Revoked: that certificate is refused, another of the same tenant still works (rotation).
     let rotated = pki.client("acme");
-    registry
+    tenants
         .revoke(
             "tests",
             Revocation::Serial(acme.identity.serial.clone()),
@@ -270,7 +270,7 @@ async fn certificates_are_refused_and_the_client_is_told_why() {
     assert!(accepted(call_as(&stack, Some(&rotated)).await));
 
     // Suspended tenant → PERMISSION_DENIED; resumed, it works again. No restart in between.
-    registry
+    tenants
         .set_state("tests", &tenant_id("acme"), TenantState::Suspended)
         .await
         .unwrap();
@@ -287,7 +287,7 @@ async fn certificates_are_refused_and_the_client_is_told_why() {
         },
     )
     .await;
-    registry
+    tenants
         .set_state("tests", &tenant_id("acme"), TenantState::Active)
         .await
         .unwrap();
@@ -299,7 +299,7 @@ async fn certificates_are_refused_and_the_client_is_told_why() {
     .await;
 
     // Every change above is in the audit log, with who made it.
-    let audit = registry.audit(100).await.unwrap();
+    let audit = tenants.audit(100).await.unwrap();
     for action in ["certificate.bind", "certificate.revoke", "tenant.suspend"] {
         assert!(
             audit

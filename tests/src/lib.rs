@@ -22,8 +22,8 @@ use sluice_core::config::Config;
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::search_service_client::SearchServiceClient;
 use sluice_core::proto::{document::Payload, Document, Ingestion, IngestionState};
-use sluice_core::registry::{Quotas, Registry};
 use sluice_core::tenant::TenantId;
+use sluice_core::tenants::{Quotas, Tenants};
 use sluice_gateway::pki::{Authority, CertSpec, Issued};
 use sluice_gateway::standalone::Standalone;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -232,7 +232,7 @@ impl Stack {
         config.tls.client_ca = Some(pki.dir.join("ca.pem"));
         config.tls.reload_interval_ms = 200;
         config.registry.refresh_interval_ms = 200;
-        let registry = registry(&config).await;
+        let registry = open_tenants(&config).await;
         for tenant in tenants {
             registry
                 .create_tenant("tests", &tenant_id(tenant), tenant, Quotas::default())
@@ -330,9 +330,10 @@ impl Stack {
             .expect("mTLS connection")
     }
 
-    /// The registry in this stack's database (for changing tenants under a running gateway).
-    pub async fn registry(&self) -> Registry {
-        registry(&self.config).await
+    /// The tenant registry in this stack's database (for changing tenants under a running
+    /// gateway).
+    pub async fn tenants(&self) -> Tenants {
+        open_tenants(&self.config).await
     }
 
     pub fn standalone(&self) -> &Standalone {
@@ -390,11 +391,11 @@ fn init_logs() {
     });
 }
 
-async fn registry(config: &Config) -> Registry {
+async fn open_tenants(config: &Config) -> Tenants {
     let db = sluice_core::db::connect(&config.database_url())
         .await
         .expect("database");
-    Registry::new(db)
+    Tenants::new(db)
 }
 
 pub fn tenant_id(id: &str) -> TenantId {

@@ -2,7 +2,7 @@
 //
 //     cargo bench -p sluice-worker --bench embedding
 //
-// Reads the model from $SLUICE_MODEL_DIR, else ~/.cache/sluice/model (deploy/dev/install-model
+// Reads the model from $SLUICE_MODEL_DIR, else ~/.cache/sluice/model (deploy/dev/install
 // puts it there). Uses every core, as the worker does; RAYON_NUM_THREADS caps the threads of
 // candle's matrix multiplications. For comparison on a 2-core machine: sentence-transformers
 // (PyTorch) ≈ 5,500 tokens/s, a plain candle BertModel ≈ 2,000 tokens/s.

@@ -134,7 +134,7 @@ enum RegistryAudit {
     Detail,
 }
 
-/// The tenant registry (`crate::registry`): tenants with their quotas, the certificates that
+/// The tenant registry (`crate::tenants`): tenants with their quotas, the certificates that
 /// authenticate them, revoked certificates, and the audit trail of every change.
 struct CreateTenantRegistry;
 

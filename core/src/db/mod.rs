@@ -1,4 +1,4 @@
-//! The database: projections of the Kafka log (and, later, the tenant registry).
+//! The database: the tenant registry and projections of the Kafka log.
 //!
 //! Kafka is the source of truth; these tables can be rebuilt from it. SQLite by default,
 //! PostgreSQL when configured; both go through sea-orm and the same migrations.

@@ -9,7 +9,7 @@ fn tenant_id(id: &str) -> TenantId {
 const FP: &str = "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b";
 
 async fn exercise(db: DatabaseConnection) {
-    let registry = Registry::new(db);
+    let registry = Tenants::new(db);
     let (acme, beta, ghost) = (tenant_id("acme"), tenant_id("beta"), tenant_id("ghost"));
 
     // Create, refuse a duplicate, find, list by id.
@@ -22,7 +22,7 @@ async fn exercise(db: DatabaseConnection) {
         registry
             .create_tenant("alice", &acme, "Again", Quotas::default())
             .await,
-        Err(RegistryError::AlreadyExists(_))
+        Err(TenantError::AlreadyExists(_))
     ));
     let small = Quotas {
         documents_per_second: 5,
@@ -90,17 +90,17 @@ async fn exercise(db: DatabaseConnection) {
     };
     assert!(matches!(
         registry.set_quotas("bob", &acme, zero).await,
-        Err(RegistryError::Invalid(_))
+        Err(TenantError::Invalid(_))
     ));
     assert!(matches!(
         registry
             .set_quotas("bob", &ghost, QuotaUpdate::default())
             .await,
-        Err(RegistryError::NotFound(_))
+        Err(TenantError::NotFound(_))
     ));
     assert!(matches!(
         registry.set_state("bob", &ghost, TenantState::Active).await,
-        Err(RegistryError::NotFound(_))
+        Err(TenantError::NotFound(_))
     ));
 
     // Bindings: stored canonically; binding again is harmless; another tenant is refused.
@@ -132,19 +132,19 @@ async fn exercise(db: DatabaseConnection) {
         registry
             .bind_certificate("carol", &beta, fingerprint.clone())
             .await,
-        Err(RegistryError::AlreadyExists(_))
+        Err(TenantError::AlreadyExists(_))
     ));
     assert!(matches!(
         registry
             .bind_certificate("carol", &ghost, Binding::Subject("CN=x".into()))
             .await,
-        Err(RegistryError::NotFound(_))
+        Err(TenantError::NotFound(_))
     ));
     assert!(matches!(
         registry
             .bind_certificate("carol", &acme, Binding::Fingerprint("abc".into()))
             .await,
-        Err(RegistryError::Invalid(_))
+        Err(TenantError::Invalid(_))
     ));
     let bound: HashSet<_> = registry
         .bindings(&acme)
@@ -158,7 +158,7 @@ async fn exercise(db: DatabaseConnection) {
     );
     assert!(matches!(
         registry.bindings(&ghost).await,
-        Err(RegistryError::NotFound(_))
+        Err(TenantError::NotFound(_))
     ));
 
     // Moving a binding: unbind, then bind to the other tenant.
@@ -174,7 +174,7 @@ async fn exercise(db: DatabaseConnection) {
         registry
             .unbind_certificate("carol", &Binding::San("dns:nowhere".into()))
             .await,
-        Err(RegistryError::NotFound(_))
+        Err(TenantError::NotFound(_))
     ));
 
     // Revocations: canonical serials, idempotent.
@@ -238,7 +238,7 @@ async fn exercise(db: DatabaseConnection) {
         registry
             .create_tenant(" ", &ghost, "Ghost", Quotas::default())
             .await,
-        Err(RegistryError::Invalid(_))
+        Err(TenantError::Invalid(_))
     ));
 }
 

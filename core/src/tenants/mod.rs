@@ -1,7 +1,7 @@
 //! The tenant registry: which tenants exist, whether they are active, their quotas, which
 //! client certificates authenticate them and which certificates are revoked.
 //!
-//! `sluice-admin` changes it; the gateway reads all of it at once as a [`RegistrySnapshot`].
+//! `sluice-admin` changes it; the gateway reads all of it at once as a [`TenantSnapshot`].
 //! Every change writes one `registry_audit` row, naming the actor, in the same database
 //! transaction as the change itself. A request that changes nothing (suspending a suspended
 //! tenant, revoking a revoked certificate) succeeds and writes no audit row.
@@ -68,7 +68,7 @@ impl Quotas {
 
     /// Every quota must be positive (a tenant that may do nothing is a suspended one) and fit
     /// the database's signed 64-bit columns.
-    fn validate(&self) -> Result<(), RegistryError> {
+    fn validate(&self) -> Result<(), TenantError> {
         let quotas = [
             ("documents_per_second", u64::from(self.documents_per_second)),
             ("bytes_per_second", self.bytes_per_second),
@@ -78,12 +78,12 @@ impl Quotas {
         ];
         for (name, value) in quotas {
             if value == 0 {
-                return Err(RegistryError::Invalid(format!(
+                return Err(TenantError::Invalid(format!(
                     "{name} must be at least 1 (suspend the tenant to stop it)"
                 )));
             }
             if i64::try_from(value).is_err() {
-                return Err(RegistryError::Invalid(format!(
+                return Err(TenantError::Invalid(format!(
                     "{name} must be at most {}",
                     i64::MAX
                 )));
@@ -132,13 +132,13 @@ impl fmt::Display for TenantState {
 }
 
 impl FromStr for TenantState {
-    type Err = RegistryError;
+    type Err = TenantError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "active" => Ok(TenantState::Active),
             "suspended" => Ok(TenantState::Suspended),
-            other => Err(RegistryError::Invalid(format!(
+            other => Err(TenantError::Invalid(format!(
                 "tenant state {other:?} is neither \"active\" nor \"suspended\""
             ))),
         }
@@ -184,12 +184,12 @@ impl Binding {
         }
     }
 
-    fn from_row(kind: &str, value: String) -> Result<Self, RegistryError> {
+    fn from_row(kind: &str, value: String) -> Result<Self, TenantError> {
         match kind {
             "fingerprint" => Ok(Binding::Fingerprint(value)),
             "subject" => Ok(Binding::Subject(value)),
             "san" => Ok(Binding::San(value)),
-            other => Err(RegistryError::Invalid(format!(
+            other => Err(TenantError::Invalid(format!(
                 "stored binding kind {other:?} is unknown"
             ))),
         }
@@ -197,13 +197,13 @@ impl Binding {
 
     /// The form the registry stores and compares (lowercase hex without colons, a lowercase
     /// SAN type), or why there is none. The registry applies it to what it is given.
-    pub fn canonical(self) -> Result<Self, RegistryError> {
+    pub fn canonical(self) -> Result<Self, TenantError> {
         match self {
             Binding::Fingerprint(hex) => Ok(Binding::Fingerprint(canonical_fingerprint(&hex)?)),
             Binding::Subject(subject) => {
                 let subject = subject.trim();
                 if subject.is_empty() {
-                    return Err(RegistryError::Invalid("the subject is empty".into()));
+                    return Err(TenantError::Invalid("the subject is empty".into()));
                 }
                 Ok(Binding::Subject(subject.to_owned()))
             }
@@ -211,7 +211,7 @@ impl Binding {
                 let (kind, value) = san.split_once(':').unwrap_or(("", ""));
                 let kind = kind.to_ascii_lowercase();
                 if !["uri", "dns", "email", "ip"].contains(&kind.as_str()) || value.is_empty() {
-                    return Err(RegistryError::Invalid(format!(
+                    return Err(TenantError::Invalid(format!(
                         "SAN {san:?} is not one of uri:…, dns:…, email:… or ip:…"
                     )));
                 }
@@ -251,11 +251,11 @@ impl Revocation {
         }
     }
 
-    fn from_row(kind: &str, value: String) -> Result<Self, RegistryError> {
+    fn from_row(kind: &str, value: String) -> Result<Self, TenantError> {
         match kind {
             "serial" => Ok(Revocation::Serial(value)),
             "fingerprint" => Ok(Revocation::Fingerprint(value)),
-            other => Err(RegistryError::Invalid(format!(
+            other => Err(TenantError::Invalid(format!(
                 "stored revocation kind {other:?} is unknown"
             ))),
         }
@@ -263,10 +263,10 @@ impl Revocation {
 
     /// The form the registry stores and compares, or why there is none. The registry applies
     /// it to what it is given.
-    pub fn canonical(self) -> Result<Self, RegistryError> {
+    pub fn canonical(self) -> Result<Self, TenantError> {
         match self {
             Revocation::Serial(hex) => {
-                let invalid = || RegistryError::Invalid(format!("serial {hex:?} is not hex"));
+                let invalid = || TenantError::Invalid(format!("serial {hex:?} is not hex"));
                 let mut digits = hex_digits(&hex).ok_or_else(invalid)?;
                 if digits.is_empty() {
                     return Err(invalid());
@@ -301,9 +301,9 @@ fn hex_digits(s: &str) -> Option<String> {
         .then(|| digits.to_ascii_lowercase())
 }
 
-fn canonical_fingerprint(hex: &str) -> Result<String, RegistryError> {
+fn canonical_fingerprint(hex: &str) -> Result<String, TenantError> {
     hex_digits(hex).filter(|d| d.len() == 64).ok_or_else(|| {
-        RegistryError::Invalid(format!(
+        TenantError::Invalid(format!(
             "fingerprint {hex:?} is not a SHA-256 in hex (64 digits)"
         ))
     })
@@ -323,13 +323,13 @@ pub struct AuditEntry {
 
 /// The whole registry at one moment: what the gateway authenticates against.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RegistrySnapshot {
+pub struct TenantSnapshot {
     pub tenants: HashMap<TenantId, Tenant>,
     pub bindings: HashMap<Binding, TenantId>,
     pub revoked: HashSet<Revocation>,
 }
 
-impl RegistrySnapshot {
+impl TenantSnapshot {
     pub fn tenant_for(&self, binding: &Binding) -> Option<&TenantId> {
         self.bindings.get(binding)
     }
@@ -340,7 +340,7 @@ impl RegistrySnapshot {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub enum TenantError {
     #[error("not found: {0}")]
     NotFound(String),
     #[error("already exists: {0}")]
@@ -351,17 +351,17 @@ pub enum RegistryError {
     Db(#[from] DbErr),
 }
 
-fn not_found(id: &TenantId) -> RegistryError {
-    RegistryError::NotFound(format!("tenant {id}"))
+fn not_found(id: &TenantId) -> TenantError {
+    TenantError::NotFound(format!("tenant {id}"))
 }
 
 /// The registry in the database. Cheap to clone: clones share the connection pool.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub struct Tenants {
     db: DatabaseConnection,
 }
 
-impl Registry {
+impl Tenants {
     /// The database must be migrated already ([`crate::db::connect`] does that).
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
@@ -373,11 +373,11 @@ impl Registry {
         id: &TenantId,
         name: &str,
         quotas: Quotas,
-    ) -> Result<Tenant, RegistryError> {
+    ) -> Result<Tenant, TenantError> {
         check_actor(actor)?;
         let name = name.trim();
         if name.is_empty() {
-            return Err(RegistryError::Invalid("the tenant name is empty".into()));
+            return Err(TenantError::Invalid("the tenant name is empty".into()));
         }
         quotas.validate()?;
         let now = now_ms();
@@ -390,7 +390,7 @@ impl Registry {
             updated_at_ms: now,
         };
         let txn = self.db.begin().await?;
-        let exists = || RegistryError::AlreadyExists(format!("tenant {id}"));
+        let exists = || TenantError::AlreadyExists(format!("tenant {id}"));
         if tenant::Entity::find_by_id(id.as_str())
             .one(&txn)
             .await?
@@ -421,7 +421,7 @@ impl Registry {
         Ok(tenant)
     }
 
-    pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, RegistryError> {
+    pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, TenantError> {
         tenant::Entity::find_by_id(id.as_str())
             .one(&self.db)
             .await?
@@ -430,7 +430,7 @@ impl Registry {
     }
 
     /// All tenants, by id.
-    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, RegistryError> {
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, TenantError> {
         tenant::Entity::find()
             .order_by_asc(tenant::Column::Id)
             .all(&self.db)
@@ -446,7 +446,7 @@ impl Registry {
         actor: &str,
         id: &TenantId,
         state: TenantState,
-    ) -> Result<Tenant, RegistryError> {
+    ) -> Result<Tenant, TenantError> {
         check_actor(actor)?;
         let txn = self.db.begin().await?;
         let mut tenant = find_tenant(&txn, id).await?;
@@ -475,7 +475,7 @@ impl Registry {
         actor: &str,
         id: &TenantId,
         update: QuotaUpdate,
-    ) -> Result<Tenant, RegistryError> {
+    ) -> Result<Tenant, TenantError> {
         check_actor(actor)?;
         let txn = self.db.begin().await?;
         let mut tenant = find_tenant(&txn, id).await?;
@@ -505,13 +505,13 @@ impl Registry {
         actor: &str,
         id: &TenantId,
         binding: Binding,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), TenantError> {
         check_actor(actor)?;
         let binding = binding.canonical()?;
         let txn = self.db.begin().await?;
         find_tenant(&txn, id).await?;
         let taken = |holder: &str| {
-            RegistryError::AlreadyExists(format!("{binding} is bound to tenant {holder}"))
+            TenantError::AlreadyExists(format!("{binding} is bound to tenant {holder}"))
         };
         if let Some(existing) = find_binding(&txn, &binding).await? {
             return if existing.tenant == id.as_str() {
@@ -546,15 +546,15 @@ impl Registry {
         &self,
         actor: &str,
         binding: &Binding,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), TenantError> {
         check_actor(actor)?;
         let binding = binding.clone().canonical()?;
         let txn = self.db.begin().await?;
         let existing = find_binding(&txn, &binding)
             .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("no tenant is bound to {binding}")))?;
+            .ok_or_else(|| TenantError::NotFound(format!("no tenant is bound to {binding}")))?;
         let holder = TenantId::parse(&existing.tenant)
-            .map_err(|e| RegistryError::Invalid(format!("stored binding: {e}")))?;
+            .map_err(|e| TenantError::Invalid(format!("stored binding: {e}")))?;
         binding::Entity::delete_by_id((existing.kind, existing.value))
             .exec(&txn)
             .await?;
@@ -565,7 +565,7 @@ impl Registry {
     }
 
     /// The tenant's bindings, oldest first.
-    pub async fn bindings(&self, id: &TenantId) -> Result<Vec<Binding>, RegistryError> {
+    pub async fn bindings(&self, id: &TenantId) -> Result<Vec<Binding>, TenantError> {
         find_tenant(&self.db, id).await?;
         binding::Entity::find()
             .filter(binding::Column::Tenant.eq(id.as_str()))
@@ -586,12 +586,12 @@ impl Registry {
         actor: &str,
         revocation: Revocation,
         reason: &str,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), TenantError> {
         check_actor(actor)?;
         let revocation = revocation.canonical()?;
         let reason = reason.trim();
         if reason.is_empty() {
-            return Err(RegistryError::Invalid("the reason is empty".into()));
+            return Err(TenantError::Invalid("the reason is empty".into()));
         }
         let txn = self.db.begin().await?;
         let key = (revocation.kind().to_owned(), revocation.value().to_owned());
@@ -629,7 +629,7 @@ impl Registry {
     }
 
     /// The latest `limit` changes, newest first.
-    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, RegistryError> {
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, TenantError> {
         audit::Entity::find()
             .order_by_desc(audit::Column::Id)
             .limit(limit)
@@ -641,7 +641,7 @@ impl Registry {
                     .tenant
                     .map(|t| TenantId::parse(&t))
                     .transpose()
-                    .map_err(|e| RegistryError::Invalid(format!("stored audit row: {e}")))?;
+                    .map_err(|e| TenantError::Invalid(format!("stored audit row: {e}")))?;
                 Ok(AuditEntry {
                     at_ms: row.at_ms,
                     actor: row.actor,
@@ -655,7 +655,7 @@ impl Registry {
     }
 
     /// Tenants, bindings and revocations as of one moment.
-    pub async fn snapshot(&self) -> Result<RegistrySnapshot, RegistryError> {
+    pub async fn snapshot(&self) -> Result<TenantSnapshot, TenantError> {
         // One transaction so the three reads agree. SQLite transactions read one snapshot
         // already; PostgreSQL needs REPEATABLE READ for that (and SQLite warns if asked).
         let txn = match self.db.get_database_backend() {
@@ -666,14 +666,14 @@ impl Registry {
             }
             _ => self.db.begin().await?,
         };
-        let mut snapshot = RegistrySnapshot::default();
+        let mut snapshot = TenantSnapshot::default();
         for row in tenant::Entity::find().all(&txn).await? {
             let tenant = tenant_from_row(row)?;
             snapshot.tenants.insert(tenant.id.clone(), tenant);
         }
         for row in binding::Entity::find().all(&txn).await? {
             let tenant = TenantId::parse(&row.tenant)
-                .map_err(|e| RegistryError::Invalid(format!("stored binding: {e}")))?;
+                .map_err(|e| TenantError::Invalid(format!("stored binding: {e}")))?;
             snapshot
                 .bindings
                 .insert(Binding::from_row(&row.kind, row.value)?, tenant);
@@ -688,9 +688,9 @@ impl Registry {
     }
 }
 
-fn check_actor(actor: &str) -> Result<(), RegistryError> {
+fn check_actor(actor: &str) -> Result<(), TenantError> {
     if actor.trim().is_empty() {
-        return Err(RegistryError::Invalid(
+        return Err(TenantError::Invalid(
             "the actor is empty: every change names who made it".into(),
         ));
     }
@@ -718,7 +718,7 @@ async fn record(
     Ok(())
 }
 
-async fn find_tenant(db: &impl ConnectionTrait, id: &TenantId) -> Result<Tenant, RegistryError> {
+async fn find_tenant(db: &impl ConnectionTrait, id: &TenantId) -> Result<Tenant, TenantError> {
     let row = tenant::Entity::find_by_id(id.as_str())
         .one(db)
         .await?
@@ -752,8 +752,8 @@ fn tenant_row(tenant: &Tenant) -> tenant::Model {
     }
 }
 
-fn tenant_from_row(row: tenant::Model) -> Result<Tenant, RegistryError> {
-    let id = TenantId::parse(&row.id).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+fn tenant_from_row(row: tenant::Model) -> Result<Tenant, TenantError> {
+    let id = TenantId::parse(&row.id).map_err(|e| TenantError::Invalid(e.to_string()))?;
     let quotas = Quotas {
         documents_per_second: stored_quota(&id, "documents_per_second", row.documents_per_second)?,
         bytes_per_second: stored_quota(&id, "bytes_per_second", row.bytes_per_second)?,
@@ -771,13 +771,9 @@ fn tenant_from_row(row: tenant::Model) -> Result<Tenant, RegistryError> {
     })
 }
 
-fn stored_quota<T: TryFrom<i64>>(
-    id: &TenantId,
-    name: &str,
-    value: i64,
-) -> Result<T, RegistryError> {
+fn stored_quota<T: TryFrom<i64>>(id: &TenantId, name: &str, value: i64) -> Result<T, TenantError> {
     T::try_from(value).map_err(|_| {
-        RegistryError::Invalid(format!(
+        TenantError::Invalid(format!(
             "tenant {id}: stored {name} {value} is out of range"
         ))
     })

@@ -834,7 +834,7 @@ async fn mode(Tenant(_): Tenant) -> Response {
 mod tests {
     use axum::body::Body;
     use axum::http::{Method, Request};
-    use sluice_core::registry::Registry;
+    use sluice_core::tenants::Tenants;
     use tower::ServiceExt;
 
     use super::*;
@@ -867,7 +867,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
             let db = sluice_core::db::connect(&url).await.unwrap();
-            let directory = TenantDirectory::load(Registry::new(db.clone()))
+            let directory = TenantDirectory::load(Tenants::new(db.clone()))
                 .await
                 .unwrap();
             let registry = Arc::new(BuiltinRegistry::new(db, CompatibilityLevel::Backward));
