@@ -2,7 +2,7 @@
 //! broker, model, databases and vector store that the harness (`sluice_tests`) starts.
 //!
 //! Tests marked `#[ignore]` measure time and must have the machine to themselves:
-//! `deploy/dev/test` runs them after the rest, alone (`-- --ignored --test-threads=1`).
+//! `deploy/dev/test` runs them after the rest, alone (`cargo test --workspace --test e2e -- --ignored --test-threads=1`).
 
 mod event_log;
 mod exactly_once;
