@@ -21,7 +21,7 @@ use sluice_core::tenants::{
     Binding, QuotaUpdate, Quotas, Revocation, Tenant, TenantState, Tenants,
 };
 
-use crate::pki::{Authority, CertSpec, CertificateIdentity, Issued};
+use crate::tenancy::pki::{Authority, CertSpec, CertificateIdentity, Issued};
 
 /// The SPIFFE trust domain tenant certificates are issued in, unless `--trust-domain` says.
 pub const DEFAULT_TRUST_DOMAIN: &str = "sluice.local";

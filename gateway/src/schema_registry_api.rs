@@ -2,7 +2,7 @@
 //!
 //! Confluent clients (serializers, Kafka Connect, the `schema-registry` tools) talk to it
 //! unchanged. It is served on the gateway's gRPC port, so the caller's tenant is identified
-//! exactly as for gRPC calls ([`crate::auth`]): its client certificate, or in development mode
+//! exactly as for gRPC calls ([`crate::tenancy::auth`]): its client certificate, or in development mode
 //! the `x-sluice-tenant` header, or else the user name of `Authorization: Basic` credentials
 //! (what a client configured with `basic.auth.user.info` sends).
 //!
@@ -18,9 +18,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -35,7 +35,7 @@ use sluice_core::schema_registry::{
 use sluice_core::tenant::TenantId;
 use tonic::metadata::MetadataMap;
 
-use crate::auth::{Authenticator, TENANT_HEADER};
+use crate::tenancy::auth::{Authenticator, TENANT_HEADER};
 
 /// The content type of every response (Confluent's v1 API).
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -293,19 +293,27 @@ fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T
     })
 }
 
-/// The query string's `name=true` flags (`deleted`, `permanent`, `verbose`, ...).
-struct Flags<'a>(Option<&'a str>);
+/// The query string's `name=true` flags (`deleted`, `permanent`, `verbose`, ...), read with
+/// axum's `Query` (percent-decoded); other parameters are ignored. A query string that cannot
+/// be read is answered in Confluent's error format, like every other error here.
+struct Flags(Vec<(String, String)>);
 
-impl<'a> Flags<'a> {
-    fn of(uri: &'a Uri) -> Self {
-        Self(uri.query())
+impl<S: Send + Sync> FromRequestParts<S> for Flags {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, 400, e.body_text()))?;
+        Ok(Self(pairs))
     }
+}
 
+impl Flags {
     fn on(&self, name: &str) -> bool {
-        self.0.unwrap_or_default().split('&').any(|pair| {
-            pair.split_once('=')
-                .is_some_and(|(key, value)| key == name && value.eq_ignore_ascii_case("true"))
-        })
+        self.0
+            .iter()
+            .any(|(key, value)| key == name && value.eq_ignore_ascii_case("true"))
     }
 }
 
@@ -453,10 +461,10 @@ async fn schema_types(Tenant(_): Tenant) -> Response {
     reply(json!([AVRO]))
 }
 
-async fn list_subjects(State(api): State<Shared>, Tenant(tenant): Tenant, uri: Uri) -> Reply {
+async fn list_subjects(State(api): State<Shared>, Tenant(tenant): Tenant, flags: Flags) -> Reply {
     let subjects: Vec<String> = api
         .registry
-        .list_subjects(Flags::of(&uri).on("deleted"))
+        .list_subjects(flags.on("deleted"))
         .await?
         .into_iter()
         .filter(|subject| api.owns(&tenant, subject))
@@ -468,12 +476,12 @@ async fn list_versions(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(subject): Path<String>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     api.readable(&tenant, &subject)?;
     let versions = api
         .registry
-        .list_versions(&subject, Flags::of(&uri).on("deleted"))
+        .list_versions(&subject, flags.on("deleted"))
         .await?;
     Ok(reply(json!(versions)))
 }
@@ -482,16 +490,12 @@ async fn get_version(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path((subject, version)): Path<(String, String)>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     api.readable(&tenant, &subject)?;
     let found = api
         .registry
-        .get_version(
-            &subject,
-            parse_version(&version)?,
-            Flags::of(&uri).on("deleted"),
-        )
+        .get_version(&subject, parse_version(&version)?, flags.on("deleted"))
         .await?;
     Ok(reply(version_json(&found)))
 }
@@ -501,16 +505,12 @@ async fn get_version_schema(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path((subject, version)): Path<(String, String)>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     api.readable(&tenant, &subject)?;
     let found = api
         .registry
-        .get_version(
-            &subject,
-            parse_version(&version)?,
-            Flags::of(&uri).on("deleted"),
-        )
+        .get_version(&subject, parse_version(&version)?, flags.on("deleted"))
         .await?;
     Ok(raw(found.schema))
 }
@@ -578,7 +578,7 @@ async fn lookup(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(subject): Path<String>,
-    uri: Uri,
+    flags: Flags,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
@@ -587,12 +587,7 @@ async fn lookup(
     api.check_references(&tenant, &references)?;
     match api
         .registry
-        .lookup(
-            &subject,
-            &schema,
-            &references,
-            Flags::of(&uri).on("deleted"),
-        )
+        .lookup(&subject, &schema, &references, flags.on("deleted"))
         .await?
     {
         Some(found) => Ok(reply(version_json(&found))),
@@ -608,12 +603,12 @@ async fn delete_subject(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(subject): Path<String>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     api.writable(&tenant, &subject)?;
     let deleted = api
         .registry
-        .delete_subject(&subject, Flags::of(&uri).on("permanent"))
+        .delete_subject(&subject, flags.on("permanent"))
         .await?;
     Ok(reply(json!(deleted)))
 }
@@ -622,16 +617,12 @@ async fn delete_version(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path((subject, version)): Path<(String, String)>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     api.writable(&tenant, &subject)?;
     let deleted = api
         .registry
-        .delete_version(
-            &subject,
-            parse_version(&version)?,
-            Flags::of(&uri).on("permanent"),
-        )
+        .delete_version(&subject, parse_version(&version)?, flags.on("permanent"))
         .await?;
     Ok(reply(json!(deleted)))
 }
@@ -663,13 +654,13 @@ async fn subjects_by_id(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     let id = parse_id(&id)?;
     api.ensure_visible(&tenant, id).await?;
     let subjects: Vec<String> = api
         .registry
-        .subjects_using(id, Flags::of(&uri).on("deleted"))
+        .subjects_using(id, flags.on("deleted"))
         .await
         .or_else(none_found)?
         .into_iter()
@@ -682,13 +673,13 @@ async fn versions_by_id(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     let id = parse_id(&id)?;
     api.ensure_visible(&tenant, id).await?;
     let versions: Vec<Value> = api
         .registry
-        .versions_using(id, Flags::of(&uri).on("deleted"))
+        .versions_using(id, flags.on("deleted"))
         .await
         .or_else(none_found)?
         .into_iter()
@@ -723,12 +714,12 @@ async fn subject_config(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(subject): Path<String>,
-    uri: Uri,
+    flags: Flags,
 ) -> Reply {
     api.readable(&tenant, &subject)?;
     let level = match api.registry.subject_level(&subject).await? {
         Some(level) => level,
-        None if Flags::of(&uri).on("defaultToGlobal") => api.registry.global_level().await?,
+        None if flags.on("defaultToGlobal") => api.registry.global_level().await?,
         None => return Err(no_subject_level(&subject)),
     };
     Ok(reply(json!({ "compatibilityLevel": level })))
@@ -774,18 +765,18 @@ async fn check_against_level(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path(subject): Path<String>,
-    uri: Uri,
+    flags: Flags,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    check(&api, &tenant, &subject, None, &uri, &headers, &body).await
+    check(&api, &tenant, &subject, None, &flags, &headers, &body).await
 }
 
 async fn check_against_version(
     State(api): State<Shared>,
     Tenant(tenant): Tenant,
     Path((subject, version)): Path<(String, String)>,
-    uri: Uri,
+    flags: Flags,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
@@ -795,7 +786,7 @@ async fn check_against_version(
         &tenant,
         &subject,
         Some(version),
-        &uri,
+        &flags,
         &headers,
         &body,
     )
@@ -807,7 +798,7 @@ async fn check(
     tenant: &TenantId,
     subject: &str,
     version: Option<VersionSelector>,
-    uri: &Uri,
+    flags: &Flags,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Reply {
@@ -819,7 +810,7 @@ async fn check(
         .check_compatibility(subject, &schema, &references, version)
         .await?;
     let mut answer = json!({ "is_compatible": report.compatible });
-    if Flags::of(uri).on("verbose") {
+    if flags.on("verbose") {
         answer["messages"] = json!(report.messages);
     }
     Ok(reply(answer))
@@ -838,7 +829,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::directory::TenantDirectory;
+    use crate::tenancy::directory::TenantDirectory;
 
     const ACME: &str = "acme";
     const GLOBEX: &str = "globex";
@@ -1290,6 +1281,12 @@ mod tests {
             api.get(ACME, "/subjects?deleted=true").await.1,
             json!([ARTICLE])
         );
+        // Flags are read as query parameters: percent-decoded, any case, among others.
+        assert_eq!(
+            api.get(ACME, "/subjects?limit=5&deleted=%54rue").await.1,
+            json!([ARTICLE])
+        );
+        assert_eq!(api.get(ACME, "/subjects?deleted=no").await.1, json!([]));
         assert_eq!(
             api.delete(ACME, &format!("{subject}?permanent=true")).await,
             (StatusCode::OK, json!([1]))

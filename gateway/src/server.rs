@@ -21,20 +21,20 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::appender::{self, Appender};
-use crate::auth::{Authenticator, TENANT_HEADER};
-use crate::completions;
-use crate::directory::TenantDirectory;
-use crate::health::HealthChecker;
-use crate::hub::Hub;
-use crate::idempotency::Idempotency;
-use crate::ingest::IngestApi;
-use crate::quota::QuotaGate;
-use crate::recorder::Recorder;
-use crate::schemas::SchemaApi;
-use crate::search::SearchApi;
-use crate::tls::{ReloadingTls, TlsFiles};
-use crate::validate::Validator;
+use crate::ingest::appender::{self, Appender};
+use crate::ingest::completions;
+use crate::ingest::hub::Hub;
+use crate::ingest::idempotency::Idempotency;
+use crate::ingest::recorder::Recorder;
+use crate::ingest::service::IngestApi;
+use crate::ingest::validate::Validator;
+use crate::services::health::HealthChecker;
+use crate::services::schemas::SchemaApi;
+use crate::services::search::SearchApi;
+use crate::tenancy::auth::{Authenticator, TENANT_HEADER};
+use crate::tenancy::directory::TenantDirectory;
+use crate::tenancy::quota::QuotaGate;
+use crate::tenancy::tls::{ReloadingTls, TlsFiles};
 
 pub use sluice_core::shared::Shared;
 
@@ -110,7 +110,7 @@ impl Gateway {
             shutdown.clone(),
         )?;
 
-        let pruner = crate::retention::spawn(
+        let pruner = crate::ingest::retention::spawn(
             shared.db.clone(),
             Duration::from_secs(config.gateway.event_retention_secs),
             shutdown.clone(),
@@ -217,7 +217,7 @@ impl Gateway {
         let grpc = tokio::spawn(async move {
             let served = match tls {
                 Some(tls) => {
-                    let incoming = crate::tls::incoming(grpc_listener, tls, stop.clone());
+                    let incoming = crate::tenancy::tls::incoming(grpc_listener, tls, stop.clone());
                     router
                         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                         .await

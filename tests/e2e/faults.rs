@@ -536,7 +536,8 @@ async fn a_broker_restart_loses_nothing_acknowledged() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.broker.kill();
     // Down for longer than a transaction step may take, so calls in between must be refused.
-    tokio::time::sleep(sluice_gateway::appender::STEP_TIMEOUT + Duration::from_secs(2)).await;
+    tokio::time::sleep(sluice_gateway::ingest::appender::STEP_TIMEOUT + Duration::from_secs(2))
+        .await;
     stack.broker.restart().await;
     let (acknowledged, refusals) = sender.await.unwrap();
     println!(

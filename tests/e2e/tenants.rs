@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::{GetIngestionRequest, IngestRequest, WatchIngestionsRequest};
 use sluice_core::tenants::{Binding, Revocation, TenantState};
-use sluice_gateway::pki::{Authority, CertSpec, Issued};
+use sluice_gateway::tenancy::pki::{Authority, CertSpec, Issued};
 use sluice_tests::{document, eventually, grpcurl, tenant_id, Database, Stack};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};

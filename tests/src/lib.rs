@@ -24,8 +24,8 @@ use sluice_core::proto::search_service_client::SearchServiceClient;
 use sluice_core::proto::{document::Payload, Document, Ingestion, IngestionState};
 use sluice_core::tenant::TenantId;
 use sluice_core::tenants::{Quotas, Tenants};
-use sluice_gateway::pki::{Authority, CertSpec, Issued};
 use sluice_gateway::standalone::Standalone;
+use sluice_gateway::tenancy::pki::{Authority, CertSpec, Issued};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Where `deploy/dev/install` caches things.
@@ -453,7 +453,7 @@ impl TestPki {
 pub fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
-        sluice_gateway::auth::TENANT_HEADER,
+        sluice_gateway::tenancy::auth::TENANT_HEADER,
         tenant.parse().expect("ascii tenant"),
     );
     request

@@ -18,7 +18,7 @@ use sluice_core::schema_registry::{SchemaCatalog, VersionSelector};
 use sluice_core::tenant::TenantId;
 use tonic::{Code, Status};
 
-use crate::status::{invalid_argument, with_retry, Violation};
+use crate::services::status::{invalid_argument, with_retry, Violation};
 
 /// Why a request cannot be accepted as it is.
 #[derive(Debug)]

@@ -8,10 +8,10 @@ use sluice_core::proto::{SearchHit, SearchRequest, SearchResponse};
 use sluice_core::vector::{VectorQuery, VectorStore};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Authenticator;
-use crate::quota::QuotaGate;
-use crate::status::{invalid_argument, Violation};
-use crate::validate::attribute_key;
+use crate::ingest::validate::attribute_key;
+use crate::services::status::{invalid_argument, Violation};
+use crate::tenancy::auth::Authenticator;
+use crate::tenancy::quota::QuotaGate;
 
 pub const DEFAULT_TOP_K: u32 = 10;
 /// Longest query text, in bytes; the model reads at most 256 tokens of it anyway.

@@ -23,14 +23,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::appender::Appender;
-use crate::auth::Authenticator;
-use crate::hub::{self, is_terminal, Hub, TenantEvent};
-use crate::idempotency::Idempotency;
-use crate::quota::QuotaGate;
-use crate::recorder::Recorder;
-use crate::status::{self, invalid_argument, Violation};
-use crate::validate::{self, Refusal, Validator};
+use crate::ingest::appender::Appender;
+use crate::ingest::hub::{self, is_terminal, Hub, TenantEvent};
+use crate::ingest::idempotency::Idempotency;
+use crate::ingest::recorder::Recorder;
+use crate::ingest::validate::{self, Refusal, Validator};
+use crate::ingest::watch::{EventTail, WATCH_PAGE};
+use crate::services::status::{self, invalid_argument, Violation};
+use crate::tenancy::auth::Authenticator;
+use crate::tenancy::quota::QuotaGate;
 
 /// How long `wait = true` waits when the client set no deadline.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -404,113 +405,6 @@ impl IngestApi {
     }
 }
 
-/// Events a watch stream reads from the log per query.
-const WATCH_PAGE: u64 = 256;
-/// How often an idle watch stream looks at the log without being woken: events written by
-/// another gateway instance wake nobody here.
-const WATCH_POLL: Duration = Duration::from_secs(1);
-
-/// One watch stream: reads the tenant's event log from a cursor on, in order, and sends each
-/// event once.
-struct EventTail {
-    db: DatabaseConnection,
-    tenant: TenantId,
-    /// Only these ingestions (then the stream ends once all of them have ended).
-    ids: Option<Vec<String>>,
-    pending: HashSet<String>,
-    /// The number of the last event sent.
-    last: i64,
-    wake: broadcast::Receiver<TenantEvent>,
-    shutdown: CancellationToken,
-    sender: mpsc::Sender<Result<IngestionEvent, Status>>,
-}
-
-impl EventTail {
-    async fn run(mut self, snapshot: Vec<IngestionEvent>) {
-        for event in snapshot {
-            if self.sender.send(Ok(event)).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            let page = match projection::events_after(
-                &self.db,
-                self.tenant.as_str(),
-                self.last,
-                self.ids.as_deref(),
-                WATCH_PAGE,
-            )
-            .await
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    let _ = self.sender.send(Err(status::database(error))).await;
-                    return;
-                }
-            };
-            let caught_up = (page.len() as u64) < WATCH_PAGE;
-            for event in page {
-                // The tenant's own number: the cursor, and what the next page starts after.
-                self.last = event.tenant_seq;
-                let ingestion = to_proto(&event.ingestion());
-                if is_terminal(&ingestion) {
-                    self.pending.remove(&ingestion.ingestion_id);
-                }
-                let event = IngestionEvent {
-                    ingestion: Some(ingestion),
-                    event_time: Some(timestamp(event.event_at_ms)),
-                    cursor: hub::cursor(event.tenant_seq),
-                };
-                if self.sender.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-            if !caught_up {
-                continue;
-            }
-            if self.ids.is_some() && self.pending.is_empty() {
-                return;
-            }
-            if !self.wait_for_more().await {
-                return;
-            }
-        }
-    }
-
-    /// Waits until this tenant may have a new event; false when the stream should end.
-    async fn wait_for_more(&mut self) -> bool {
-        let poll = tokio::time::sleep(WATCH_POLL);
-        tokio::pin!(poll);
-        loop {
-            tokio::select! {
-                _ = self.sender.closed() => return false,
-                _ = self.shutdown.cancelled() => {
-                    let _ = self
-                        .sender
-                        .send(Err(Status::unavailable(
-                            "gateway is shutting down; watch again with your last cursor",
-                        )))
-                        .await;
-                    return false;
-                }
-                _ = &mut poll => return true,
-                event = self.wake.recv() => match event {
-                    Ok(event) if event.tenant == self.tenant.as_str() => return true,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = self
-                            .sender
-                            .send(Err(Status::unavailable("gateway is shutting down")))
-                            .await;
-                        return false;
-                    }
-                },
-            }
-        }
-    }
-}
-
 /// The database row → the API's view of it.
 pub fn to_proto(row: &ingestion::Model) -> Ingestion {
     let state = match row.state.as_str() {
@@ -542,7 +436,7 @@ pub fn to_proto(row: &ingestion::Model) -> Ingestion {
     }
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,

@@ -19,8 +19,8 @@ use sluice_core::record::Completion;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
-use crate::ingest::to_proto;
+use crate::ingest::hub::Hub;
+use crate::ingest::service::to_proto;
 
 pub fn spawn(
     kafka: KafkaConfig,

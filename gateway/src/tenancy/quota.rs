@@ -20,7 +20,7 @@ use sluice_core::tenants::Quotas;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::auth::Caller;
+use crate::tenancy::auth::Caller;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 

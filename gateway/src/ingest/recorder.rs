@@ -1,10 +1,10 @@
 //! Records accepted ingestions in the database: requests that arrive together share one
-//! database transaction ([group commit](crate::group_commit)), as they share Kafka
+//! database transaction ([group commit](crate::ingest::group_commit)), as they share Kafka
 //! transactions in the [appender]. Each database transaction appends to the event log, which
 //! writers must take turns on; one transaction for many requests keeps that turn-taking off
 //! the Ingest path's latency.
 //!
-//! [appender]: crate::appender
+//! [appender]: crate::ingest::appender
 
 use std::collections::HashMap;
 
@@ -13,7 +13,7 @@ use sluice_core::db::ingestion;
 use sluice_core::db::projection::{self, Change};
 use tokio::task::JoinHandle;
 
-use crate::group_commit::{Commit, GroupCommit};
+use crate::ingest::group_commit::{Commit, GroupCommit};
 
 /// Rows written in one database transaction, at most (a single larger request goes alone).
 const MAX_ROWS: usize = 1000;

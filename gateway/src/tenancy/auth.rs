@@ -1,7 +1,7 @@
 //! Which tenant a request acts for, and whether it may.
 //!
 //! Normally the tenant comes from the client certificate the TLS handshake verified
-//! ([`crate::tls`]): a URI SAN `spiffe://<trust-domain>/tenant/<id>` names it, or else a binding
+//! ([`crate::tenancy::tls`]): a URI SAN `spiffe://<trust-domain>/tenant/<id>` names it, or else a binding
 //! in the registry of the certificate's fingerprint, subject or a SAN. The certificate must not
 //! be revoked and the tenant must be registered and active. Each refusal says which of these it
 //! was, to the client and in the server's log.
@@ -13,8 +13,8 @@ use sluice_core::tenant::TenantId;
 use sluice_core::tenants::{Quotas, TenantState};
 use tonic::{Request, Status};
 
-use crate::directory::TenantDirectory;
-use crate::pki::CertificateIdentity;
+use crate::tenancy::directory::TenantDirectory;
+use crate::tenancy::pki::CertificateIdentity;
 
 /// The request header naming the tenant in development mode.
 pub const TENANT_HEADER: &str = "x-sluice-tenant";

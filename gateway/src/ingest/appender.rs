@@ -2,7 +2,7 @@
 //!
 //! A transaction costs a broker round trip or more (about 100 ms on the local broker), so
 //! requests that arrive while one is in flight are committed together in the next one
-//! ([group commit](crate::group_commit)). Each request's records stay all-or-nothing: a transaction commits or
+//! ([group commit](crate::ingest::group_commit)). Each request's records stay all-or-nothing: a transaction commits or
 //! aborts as a whole. A caller gets its positions only after the commit.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use sluice_core::kafka::{OutgoingRecord, TransactionError, TransactionalProducer
 use sluice_core::record::{DocumentRecord, Position};
 use tokio::task::JoinHandle;
 
-use crate::group_commit::{Commit, GroupCommit};
+use crate::ingest::group_commit::{Commit, GroupCommit};
 
 /// Bound on each transaction step; a dead broker is reported within it.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,8 +19,8 @@ use sluice_core::tenant::TenantId;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::auth::Authenticator;
-use crate::status::{invalid_argument, with_retry, Violation};
+use crate::services::status::{invalid_argument, with_retry, Violation};
+use crate::tenancy::auth::Authenticator;
 
 pub struct SchemaApi {
     pub auth: Authenticator,

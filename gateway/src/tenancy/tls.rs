@@ -7,7 +7,7 @@
 //!
 //! A handshake fails when the client sends no certificate, one that does not chain to the
 //! client CA bundle, or one that has expired; the client sees the TLS alert and the server logs
-//! why. Which tenant a valid certificate belongs to is decided per request, in [`crate::auth`].
+//! why. Which tenant a valid certificate belongs to is decided per request, in [`crate::tenancy::auth`].
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -6,8 +6,8 @@
 //! Each request's items stay together in one commit (all-or-nothing): a group takes whole
 //! requests up to `max_items`, and a single request larger than that goes alone.
 //!
-//! [appender]: crate::appender
-//! [recorder]: crate::recorder
+//! [appender]: crate::ingest::appender
+//! [recorder]: crate::ingest::recorder
 
 use std::future::Future;
 

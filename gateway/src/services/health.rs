@@ -19,9 +19,9 @@ use sluice_core::vector::VectorStore;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
-use crate::ingest::IngestApi;
-use crate::schemas::SchemaApi;
-use crate::search::SearchApi;
+use crate::ingest::service::IngestApi;
+use crate::services::schemas::SchemaApi;
+use crate::services::search::SearchApi;
 
 /// How often the gRPC health status is refreshed.
 const REFRESH: Duration = Duration::from_secs(5);

@@ -1,0 +1,14 @@
+//! Who is calling, and how much they may do.
+//!
+//! # Layout
+//! - [`tls`]: the gRPC port's TLS, client certificates required, reloaded without a restart.
+//! - [`pki`]: development certificates (rcgen) and reading certificates' identities.
+//! - [`auth`]: which tenant a request acts for (its client certificate), and whether it may.
+//! - [`directory`]: the gateway's copy of the tenant registry, refreshed every second or so.
+//! - [`quota`]: per-tenant rates and limits, so one tenant cannot slow another.
+
+pub mod auth;
+pub mod directory;
+pub mod pki;
+pub mod quota;
+pub mod tls;
