@@ -10,7 +10,6 @@
 //!   registry), compatibility levels, the Confluent wire format, and a cache of parsed schemas.
 //! - [`record`]: what travels through Kafka: document records and completion events.
 //! - [`kafka`]: client configuration, topic creation, transactional producers.
-//! - [`chunk`]: splitting text into chunks measured in the model's own tokens.
 //! - [`embed`]: sentence embeddings with candle (all-MiniLM-L6-v2).
 //! - [`vector`]: the vector store trait, embedded qdrant-edge and a Qdrant server.
 //! - [`db`]: the database (sea-orm): tenants and the ingestion projection of the log.
@@ -19,7 +18,6 @@
 //! - [`health`]: the dependency report behind `/healthz` and gRPC health.
 //! - [`shared`]: what a process opens at start (model, vector store, database, schemas), once.
 
-pub mod chunk;
 pub mod config;
 pub mod db;
 pub mod embed;

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use sluice_core::chunk::Chunker;
 use sluice_core::embed::Embedder;
 use sluice_core::record::{DocumentRecord, Operation, Outcome};
 use sluice_core::schema::DocumentSchema;
 use sluice_core::schema_registry::catalog::CatalogError;
 use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::{Chunk, IndexedDocument, VectorStore};
+
+use crate::chunk::Chunker;
 
 /// What became of a record.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`indexer`]: the pipeline for one record, as named stages: decode → chunk → embed →
 //!   index (or delete). Knows nothing about Kafka.
+//! - [`chunk`]: splitting text into chunks measured in the model's own tokens.
 //! - [`consumer`]: the Kafka side: a read_committed consumer group member that runs each batch
 //!   of records through the indexer and commits their completion events together with the
 //!   consumed offsets in one transaction.
@@ -11,6 +12,7 @@
 //! deterministic), so with the transactional commit each ingestion gets exactly one committed
 //! completion.
 
+pub mod chunk;
 pub mod consumer;
 pub mod indexer;
 
@@ -19,11 +21,12 @@ pub use indexer::Indexer;
 
 use std::sync::Arc;
 
-use sluice_core::chunk::{Chunker, ChunkerOptions};
 use sluice_core::config::Config;
 use sluice_core::embed::Embedder;
 use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::VectorStore;
+
+use crate::chunk::{Chunker, ChunkerOptions};
 
 /// The indexer as configured: schemas from the registry, the model's own tokenizer for chunk
 /// sizes, and the given model and store.

@@ -42,7 +42,7 @@ pub struct Chunker {
 }
 
 impl Chunker {
-    /// A chunker counting with `tokenizer` (normally [`crate::embed::Embedder::tokenizer`]).
+    /// A chunker counting with `tokenizer` (normally [`sluice_core::embed::Embedder::tokenizer`]).
     /// Padding and truncation are switched off on its copy, since either would miscount.
     pub fn new(tokenizer: &Tokenizer, options: ChunkerOptions) -> Result<Chunker, ChunkError> {
         let ChunkerOptions {
