@@ -10,14 +10,12 @@
 //!   tenant.
 //! - [`standalone`]: the worker in the same process, sharing the embedded vector store.
 //! - [`periodic`]: the loop behind every task that runs every so often.
-//! - [`admin`]: the `sluice-admin` command line: tenants, quotas, certificates, audit,
-//!   dead letters.
-//! - [`redrive`]: sends dead letters back for another try, exactly once.
+//!
+//! The operator's `sluice-admin` (tenants, certificates, dead-letter re-drive) is its own crate,
+//! `admin/`; certificates are `pki/`.
 
-pub mod admin;
 pub mod ingest;
 pub mod periodic;
-pub mod redrive;
 pub mod schema_registry_api;
 pub mod server;
 pub mod services;

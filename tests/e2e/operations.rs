@@ -495,17 +495,17 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
 
     // The cause is fixed; the operator re-drives the dead letter, exactly once.
     flaky.healed.store(true, Ordering::SeqCst);
-    let options = |dry_run| sluice_gateway::redrive::Options {
+    let options = |dry_run| sluice_admin::redrive::Options {
         max: 100,
         dry_run,
         timeout: Duration::from_secs(30),
     };
-    let listed = sluice_gateway::redrive::redrive(&config, &options(true))
+    let listed = sluice_admin::redrive::redrive(&config, &options(true))
         .await
         .unwrap();
     assert_eq!(listed.redriven.len(), 1, "{listed:?}");
     assert_eq!(listed.redriven[0].ingestion_id, None);
-    let report = sluice_gateway::redrive::redrive(&config, &options(false))
+    let report = sluice_admin::redrive::redrive(&config, &options(false))
         .await
         .unwrap();
     assert_eq!(report.redriven.len(), 1, "{report:?}");
@@ -526,7 +526,7 @@ async fn store_failures_are_retried_then_fail_with_the_reason() {
         1
     );
     // Done once: another run finds nothing left to re-drive.
-    let again = sluice_gateway::redrive::redrive(&config, &options(false))
+    let again = sluice_admin::redrive::redrive(&config, &options(false))
         .await
         .unwrap();
     assert!(again.redriven.is_empty(), "{again:?}");

@@ -2,13 +2,16 @@
 //!
 //! # Layout
 //! - [`tls`]: the gRPC port's TLS, client certificates required, reloaded without a restart.
-//! - [`pki`]: development certificates (rcgen) and reading certificates' identities.
+//! - [`pki`] (the `sluice-pki` crate): development certificates (rcgen) and reading
+//!   certificates' identities.
 //! - [`auth`]: which tenant a request acts for (its client certificate), and whether it may.
 //! - [`directory`]: the gateway's copy of the tenant registry, refreshed every second or so.
 //! - [`quota`]: per-tenant rates and limits, so one tenant cannot slow another.
 
 pub mod auth;
 pub mod directory;
-pub mod pki;
 pub mod quota;
 pub mod tls;
+
+/// Certificates live in a crate of their own (`sluice-pki`), shared with `sluice-admin`.
+pub use sluice_pki as pki;

@@ -1,10 +1,10 @@
 //! `sluice-admin`: tenants, quotas, certificates and the audit trail. See
-//! [`sluice_gateway::admin`].
+//! [`sluice_admin`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_gateway::admin::{run, Cli};
+use sluice_admin::{run, Cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -5,6 +5,14 @@
 //! It reads the same configuration as the gateway to find the database. Every change is
 //! recorded in the registry's audit trail under `--actor`. Certificate commands that only
 //! write files (`cert init-ca`, `cert server`) need no database.
+//!
+//! A crate of its own so that the operator's tool links neither the model nor the worker.
+//!
+//! # Layout
+//! - this file: the command line and what each command does.
+//! - [`redrive`]: sends dead letters back for another try, exactly once.
+
+pub mod redrive;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -21,7 +29,7 @@ use sluice_core::tenants::{
     Binding, QuotaUpdate, Quotas, Revocation, Tenant, TenantState, Tenants,
 };
 
-use crate::tenancy::pki::{Authority, CertSpec, CertificateIdentity, Issued};
+use sluice_pki::{Authority, CertSpec, CertificateIdentity, Issued};
 
 /// The SPIFFE trust domain tenant certificates are issued in, unless `--trust-domain` says.
 pub const DEFAULT_TRUST_DOMAIN: &str = "sluice.local";

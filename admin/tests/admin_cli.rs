@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use sluice_core::tenants::{Revocation, Tenants};
-use sluice_gateway::tenancy::pki::CertificateIdentity;
+use sluice_pki::CertificateIdentity;
 
 /// The binary, in `dir` (so no stray ./sluice.toml is read), with its database in `dir/data`
 /// and none of the caller's SLUICE_* settings.
