@@ -8,6 +8,7 @@
 //! the `sluice-redriven-from` header; the new ingestions are recorded as ACCEPTED, so clients
 //! can follow them like any other.
 
+use sluice_core::telemetry::Chain;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
             Err(_) if !consumer.assignment()?.elements().is_empty() => break,
             Err(_) => continue,
             Ok(Err(error)) => {
-                tracing::warn!(%error, "reading dead letters");
+                tracing::warn!(error = %Chain(&error), "reading dead letters");
                 continue;
             }
             Ok(Ok(message)) => message.detach(),
@@ -161,7 +162,7 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
         .map(|(record, position)| projection::accepted_row(record, position, None))
         .collect();
     if let Err(error) = projection::record_accepted(&db, rows).await {
-        tracing::warn!(%error, "re-driven ingestions not recorded; their completions will");
+        tracing::warn!(error = %Chain(&error), "re-driven ingestions not recorded; their completions will");
     }
     Ok(report)
 }

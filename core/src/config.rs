@@ -27,7 +27,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub chunking: ChunkingConfig,
     pub tls: TlsConfig,
-    pub registry: RegistryConfig,
+    pub tenants: TenantsConfig,
     pub schemas: SchemasConfig,
     pub log: LogConfig,
 }
@@ -44,7 +44,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             chunking: ChunkingConfig::default(),
             tls: TlsConfig::default(),
-            registry: RegistryConfig::default(),
+            tenants: TenantsConfig::default(),
             schemas: SchemasConfig::default(),
             log: LogConfig::default(),
         }
@@ -72,7 +72,17 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// librdkafka properties passed through untouched to every client (e.g. security.protocol).
     pub properties: BTreeMap<String, String>,
+    /// Largest record Sluice writes: derived from `gateway.max_payload_bytes` (plus
+    /// [`RECORD_ENVELOPE_BYTES`]) when the configuration is loaded, so that every document the
+    /// gateway accepts fits in one record. The producers' `message.max.bytes` and the topics'
+    /// `max.message.bytes` follow it. Not set directly.
+    #[serde(skip)]
+    pub max_record_bytes: usize,
 }
+
+/// What a document record holds besides the document's payload: ids, attributes, headers.
+/// Requests are refused before they reach Kafka when their record would not fit.
+pub const RECORD_ENVELOPE_BYTES: usize = 128 << 10;
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -87,6 +97,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             create_topics: true,
             properties: BTreeMap::new(),
+            max_record_bytes: GatewayConfig::default().max_payload_bytes + RECORD_ENVELOPE_BYTES,
         }
     }
 }
@@ -110,6 +121,18 @@ pub struct GatewayConfig {
     pub max_payload_bytes: usize,
     /// Most documents in one IngestBatch. Default 1000.
     pub max_batch_documents: usize,
+    /// Largest IngestBatch request, in bytes; also the ceiling for every other request. An
+    /// Ingest request may be `max_payload_bytes` plus 64 KiB, any other 1 MiB. Checked on the
+    /// message's length prefix, before the message is read. Default 16 MiB.
+    pub max_request_bytes: usize,
+    /// Most connections open at once; more are closed as they arrive. Default 1024.
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one connection. Default 128.
+    pub max_streams_per_connection: u32,
+    /// The gateway pings idle HTTP/2 connections this often, in seconds, and closes those
+    /// that do not answer within `keepalive_timeout_secs`. Default 30 and 10.
+    pub keepalive_interval_secs: u64,
+    pub keepalive_timeout_secs: u64,
     /// Largest top_k a search may ask for. Default 100.
     pub max_top_k: u32,
     /// Requests arriving together share one Kafka transaction; at most this many records.
@@ -134,6 +157,11 @@ impl Default for GatewayConfig {
             max_text_bytes: 1 << 20,
             max_payload_bytes: 4 << 20,
             max_batch_documents: 1000,
+            max_request_bytes: 16 << 20,
+            max_connections: 1024,
+            max_streams_per_connection: 128,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
             max_top_k: 100,
             max_records_per_transaction: 500,
             idempotency_window_secs: 86_400,
@@ -236,6 +264,10 @@ pub struct ChunkingConfig {
     pub max_tokens: usize,
     /// Tokens shared by consecutive chunks. Default 32.
     pub overlap_tokens: usize,
+    /// Most tokens a worker indexes in one document; a longer text ends FAILED, saying so.
+    /// Bounds the work (and the time a partition waits) per record. Default 262144 (about
+    /// 1 MiB of English, the gateway's default `max_text_bytes`; ≈ 90 s on 2 cores).
+    pub max_document_tokens: usize,
 }
 
 impl Default for ChunkingConfig {
@@ -243,12 +275,13 @@ impl Default for ChunkingConfig {
         Self {
             max_tokens: 250,
             overlap_tokens: 32,
+            max_document_tokens: 262_144,
         }
     }
 }
 
 /// The gRPC port's TLS. Client certificates are required; each maps to a tenant (see
-/// `gateway/src/auth.rs`). The three files are re-read when they change, without a restart.
+/// `gateway/src/tenancy/auth.rs`). The three files are re-read when they change, without a restart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -281,12 +314,12 @@ impl Default for TlsConfig {
 /// gateway keeps a copy and refreshes it, so changes reach every instance within seconds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct RegistryConfig {
+pub struct TenantsConfig {
     /// How often the copy is refreshed, in milliseconds. Default 1000.
     pub refresh_interval_ms: u64,
 }
 
-impl Default for RegistryConfig {
+impl Default for TenantsConfig {
     fn default() -> Self {
         Self {
             refresh_interval_ms: 1000,
@@ -408,7 +441,18 @@ impl Config {
             )
             .merge(Serialized::defaults(overrides))
             .extract()
+            .map(Config::with_derived_limits)
             .map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// Sets the limits that follow from others, so that they cannot disagree: the largest
+    /// Kafka record from the largest document payload.
+    pub fn with_derived_limits(mut self) -> Config {
+        self.kafka.max_record_bytes = self
+            .gateway
+            .max_payload_bytes
+            .saturating_add(RECORD_ENVELOPE_BYTES);
+        self
     }
 
     /// The database URL, defaulting to SQLite in the data dir (created when missing).

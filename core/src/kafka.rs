@@ -53,6 +53,35 @@ pub enum TransactionError {
     /// state); it must be rebuilt. Nothing of the transaction committed.
     #[error("Kafka producer failed: {0}")]
     Fatal(String),
+    /// A record was refused for what it is (too large, invalid), so sending it again fails
+    /// again. The transaction was aborted; other records that shared it can be sent alone.
+    #[error("Kafka refused a record: {0}")]
+    Refused(String),
+}
+
+/// Bytes of a produce request around its one record (batch and request headers): the
+/// producers' `message.max.bytes` and the topics' `max.message.bytes` are the largest record
+/// plus this.
+const PROTOCOL_OVERHEAD_BYTES: usize = 16 << 10;
+
+/// The `message.max.bytes` / `max.message.bytes` setting that takes records of
+/// `kafka.max_record_bytes`.
+pub fn max_message_bytes(kafka: &KafkaConfig) -> String {
+    kafka
+        .max_record_bytes
+        .saturating_add(PROTOCOL_OVERHEAD_BYTES)
+        .to_string()
+}
+
+/// Bytes a record takes in Kafka's size checks: key, value and headers.
+pub fn record_size(record: &OutgoingRecord) -> usize {
+    use rdkafka::message::Headers;
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+        .sum();
+    record.key.len() + record.payload.len() + headers
 }
 
 /// A transactional producer. `transactional_id` must be stable per instance: a restarted
@@ -75,10 +104,13 @@ impl TransactionalProducer {
     ) -> Result<Self, KafkaError> {
         let delivery = timeout.as_millis().to_string();
         let transaction = TRANSACTION_TIMEOUT.as_millis().to_string();
+        let max_message = max_message_bytes(kafka);
         let producer: FutureProducer = client_config(
             kafka,
             &[
                 ("transactional.id", transactional_id),
+                // Every record Sluice accepts must fit (librdkafka's default is 1 MB).
+                ("message.max.bytes", &max_message),
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
                 ("transaction.timeout.ms", &transaction),
@@ -171,12 +203,13 @@ impl TransactionalProducer {
     }
 
     async fn abort(&self, error: KafkaError) -> TransactionError {
-        if let TransactionError::Fatal(message) = self.classify(error.clone()) {
+        let classified = self.classify(error.clone());
+        if let TransactionError::Fatal(message) = classified {
             return TransactionError::Fatal(message);
         }
         let (producer, timeout) = (self.producer.clone(), self.timeout);
         match blocking(move || producer.abort_transaction(timeout)).await {
-            Ok(()) => TransactionError::Aborted(error.to_string()),
+            Ok(()) => classified,
             Err(abort) => {
                 TransactionError::Fatal(format!("{error}; then the abort failed: {abort}"))
             }
@@ -187,6 +220,9 @@ impl TransactionalProducer {
         match &error {
             KafkaError::Transaction(e) if e.is_fatal() => {
                 TransactionError::Fatal(error.to_string())
+            }
+            KafkaError::MessageProduction(code) if refuses_the_record(*code) => {
+                TransactionError::Refused(error.to_string())
             }
             _ => TransactionError::Aborted(error.to_string()),
         }
@@ -207,6 +243,18 @@ impl TransactionalProducer {
         })
         .await
     }
+}
+
+/// Errors that are about the record itself, from the producer's own checks or the broker's.
+fn refuses_the_record(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+    )
 }
 
 /// librdkafka's transaction calls block; keep them off the async threads.
@@ -243,12 +291,16 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[]).create()?;
+    // Documents and dead letters (which carry documents) take the largest record Sluice
+    // accepts; a broker's default (1 MB on Apache Kafka) would refuse large documents.
+    let max_message = max_message_bytes(kafka);
     let topics = [
         NewTopic::new(
             &kafka.documents_topic,
             kafka.documents_partitions,
             TopicReplication::Fixed(kafka.replication_factor),
-        ),
+        )
+        .set("max.message.bytes", &max_message),
         NewTopic::new(
             &kafka.completions_topic,
             kafka.completions_partitions,
@@ -258,7 +310,8 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
             &kafka.dead_letter_topic,
             kafka.dead_letter_partitions,
             TopicReplication::Fixed(kafka.replication_factor),
-        ),
+        )
+        .set("max.message.bytes", &max_message),
     ];
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     for result in admin.create_topics(&topics, &options).await? {

@@ -1,4 +1,5 @@
-//! What the Sluice gateway and worker share.
+//! What the Sluice gateway, worker and admin tool share. The model is `sluice-embed`; what a
+//! process opens at start is `sluice_worker::Shared`.
 //!
 //! # Layout
 //! - [`proto`]: the public gRPC API (`sluice.v1`), generated from `proto/`.
@@ -10,24 +11,20 @@
 //!   registry), compatibility levels, the Confluent wire format, and a cache of parsed schemas.
 //! - [`record`]: what travels through Kafka: document records and completion events.
 //! - [`kafka`]: client configuration, topic creation, transactional producers.
-//! - [`embed`]: sentence embeddings with candle (all-MiniLM-L6-v2).
 //! - [`vector`]: the vector store trait, embedded qdrant-edge and a Qdrant server.
 //! - [`db`]: the database (sea-orm): tenants and the ingestion projection of the log.
 //! - [`tenants`]: the tenant registry: tenants, their state and quotas, certificate bindings,
 //!   revocations, and the audit trail of every change.
 //! - [`health`]: the dependency report behind `/healthz` and gRPC health.
-//! - [`shared`]: what a process opens at start (model, vector store, database, schemas), once.
 
 pub mod config;
 pub mod db;
-pub mod embed;
 pub mod health;
 pub mod kafka;
 pub mod proto;
 pub mod record;
 pub mod schema;
 pub mod schema_registry;
-pub mod shared;
 pub mod telemetry;
 pub mod tenant;
 pub mod tenants;

@@ -40,6 +40,89 @@ impl FieldViolation {
     }
 }
 
+/// Most violations one payload reports; the rest are counted in a last one ("and N more"), so
+/// an error response stays small whatever the payload (see `SECURITY.md`).
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// Validation steps (values visited, union branches tried) a JSON payload may take: a fixed
+/// allowance plus a few per byte. A walk without unions takes at most one step per value, and
+/// every value is at least a byte; the margin is for the lenient union branches, which nested
+/// unions would otherwise multiply without bound.
+const BASE_STEPS: usize = 10_000;
+const STEPS_PER_BYTE: usize = 4;
+
+/// Caps what the Avro decoder may allocate at once (a string, or a collection's items) at 16×
+/// the largest payload: a length or block count in a payload can then never make a decoder
+/// reserve more than that, whatever it claims. apache-avro keeps the first value it is given
+/// for the life of the process (its default is 512 MiB); the gateway and the worker set it at
+/// start, before decoding anything.
+pub fn limit_decoder_allocations(max_payload_bytes: usize) -> usize {
+    apache_avro::util::max_allocation_bytes(max_payload_bytes.saturating_mul(16).max(1 << 20))
+}
+
+/// What a walk over a JSON payload collects: the first [`MAX_VIOLATIONS`] violations, a count
+/// of the rest, and the steps it has left.
+struct Walk {
+    violations: Vec<FieldViolation>,
+    more: usize,
+    steps_left: usize,
+    out_of_steps: bool,
+}
+
+impl Walk {
+    fn new(steps: usize) -> Self {
+        Walk {
+            violations: Vec::new(),
+            more: 0,
+            steps_left: steps,
+            out_of_steps: false,
+        }
+    }
+
+    fn push(&mut self, violation: FieldViolation) {
+        if self.violations.len() < MAX_VIOLATIONS {
+            self.violations.push(violation);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Takes one step; false once the budget is spent (the walk then unwinds quickly).
+    fn step(&mut self) -> bool {
+        if self.steps_left == 0 {
+            self.out_of_steps = true;
+            return false;
+        }
+        self.steps_left -= 1;
+        true
+    }
+
+    fn failed(&self) -> bool {
+        !self.violations.is_empty() || self.out_of_steps
+    }
+
+    /// The violations to report, with the count of the rest and the reason a walk stopped.
+    fn finish(mut self, limit: usize) -> Vec<FieldViolation> {
+        if self.more > 0 {
+            let more = self.more;
+            self.violations.push(FieldViolation::new(
+                "",
+                format!("and {more} more violations"),
+            ));
+        }
+        if self.out_of_steps {
+            self.violations.push(FieldViolation::new(
+                "",
+                format!(
+                    "too complex to validate within {limit} steps (unions tried against every \
+                     value); send Avro binary or write unions as {{\"<type>\": value}}"
+                ),
+            ));
+        }
+        self.violations
+    }
+}
+
 impl std::fmt::Display for FieldViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.field.is_empty() {
@@ -172,13 +255,17 @@ impl DocumentSchema {
     }
 
     /// Decodes a payload in Avro's JSON encoding and returns it as Avro binary.
+    /// Reports at most [`MAX_VIOLATIONS`] violations (and how many more there were), and its
+    /// work is bounded by the payload's size.
     pub fn encode_json(&self, json: &str) -> Result<Vec<u8>, Vec<FieldViolation>> {
+        let len = json.len();
         let json: Json = serde_json::from_str(json)
             .map_err(|e| vec![FieldViolation::new("", format!("not valid JSON: {e}"))])?;
-        let mut violations = Vec::new();
-        let value = self.decode_json(&self.schema, &json, "", &mut violations);
-        if !violations.is_empty() {
-            return Err(violations);
+        let steps = BASE_STEPS.saturating_add(STEPS_PER_BYTE.saturating_mul(len));
+        let mut walk = Walk::new(steps);
+        let value = self.decode_json(&self.schema, &json, "", &mut walk);
+        if walk.failed() {
+            return Err(walk.finish(steps));
         }
         let value = value.expect("no violations means a value");
         GenericDatumWriter::builder(&self.schema)
@@ -241,15 +328,18 @@ impl DocumentSchema {
         }
     }
 
-    /// Avro JSON → Avro value, guided by the schema; collects every violation with its path.
+    /// Avro JSON → Avro value, guided by the schema; collects violations with their paths.
     fn decode_json(
         &self,
         schema: &Schema,
         json: &Json,
         path: &str,
-        violations: &mut Vec<FieldViolation>,
+        violations: &mut Walk,
     ) -> Option<Value> {
-        let wrong = |violations: &mut Vec<FieldViolation>, expected: &str| {
+        if !violations.step() {
+            return None;
+        }
+        let wrong = |violations: &mut Walk, expected: &str| {
             violations.push(FieldViolation::new(
                 path,
                 format!("expected {expected}, found {}", json_kind(json)),
@@ -400,17 +490,25 @@ impl DocumentSchema {
                 }
                 // Leniency for people typing JSON by hand: a bare value that fits exactly one
                 // non-null branch is taken as that branch.
-                let mut fits = variants
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| !matches!(v, Schema::Null))
-                    .filter_map(|(i, v)| {
-                        let mut scratch = Vec::new();
-                        self.decode_json(v, json, path, &mut scratch)
-                            .map(|value| (i, value))
-                    });
-                match (fits.next(), fits.next()) {
-                    (Some((i, value)), None) => Some(Value::Union(i as u32, Box::new(value))),
+                // The trials share the walk's step budget; their violations are thrown away.
+                let mut fits = Vec::new();
+                for (i, variant) in variants.iter().enumerate() {
+                    if matches!(variant, Schema::Null) || fits.len() > 1 {
+                        continue;
+                    }
+                    let mut scratch = Walk::new(violations.steps_left);
+                    let value = self.decode_json(variant, json, path, &mut scratch);
+                    violations.steps_left = scratch.steps_left;
+                    if scratch.out_of_steps {
+                        violations.out_of_steps = true;
+                        return None;
+                    }
+                    if let Some(value) = value {
+                        fits.push((i, value));
+                    }
+                }
+                match (fits.pop(), fits.is_empty()) {
+                    (Some((i, value)), true) => Some(Value::Union(i as u32, Box::new(value))),
                     _ => wrong(
                         violations,
                         &format!(
@@ -436,7 +534,7 @@ impl DocumentSchema {
         record: &RecordSchema,
         json: &Json,
         path: &str,
-        violations: &mut Vec<FieldViolation>,
+        violations: &mut Walk,
     ) -> Option<Value> {
         let Some(object) = json.as_object() else {
             violations.push(FieldViolation::new(
@@ -484,7 +582,7 @@ impl DocumentSchema {
         schema: &Schema,
         default: &Json,
         path: &str,
-        violations: &mut Vec<FieldViolation>,
+        violations: &mut Walk,
     ) -> Option<Value> {
         match schema {
             Schema::Union(union) => {
@@ -641,6 +739,122 @@ mod tests {
                 .any(|r| r.starts_with("title: expected one of null, string")),
             "{rendered:?}"
         );
+    }
+
+    #[test]
+    fn violations_are_capped_and_counted() {
+        let items = vec![serde_json::json!(1); 50_000];
+        let json = serde_json::json!({ "text": "x", "tags": items }).to_string();
+        let started = std::time::Instant::now();
+        let err = schema().encode_json(&json).unwrap_err();
+        assert_eq!(err.len(), MAX_VIOLATIONS + 1, "{err:?}");
+        assert_eq!(err[0].to_string(), "tags[0]: expected string, found number");
+        assert_eq!(
+            err[MAX_VIOLATIONS].to_string(),
+            format!("and {} more violations", 50_000 - MAX_VIOLATIONS)
+        );
+        println!("50,000 bad items refused in {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn nested_unions_cannot_multiply_the_work() {
+        // Each level is a union of three records that all accept the next level, so a bare
+        // value makes every level try every branch: 3^depth trials without a budget.
+        // The first record of a level defines the level below; the others refer to it by
+        // name (Avro names are defined once).
+        let mut inner = serde_json::json!(["null", "string"]);
+        let mut names = inner.clone();
+        for level in 0..12 {
+            let record = |name: &str, field: &serde_json::Value| {
+                serde_json::json!({
+                    "type": "record",
+                    "name": format!("{name}{level}"),
+                    "fields": [{ "name": "v", "type": field, "default": null }]
+                })
+            };
+            inner = serde_json::json!([
+                "null",
+                record("A", &inner),
+                record("B", &names),
+                record("C", &names)
+            ]);
+            names = serde_json::json!([
+                "null",
+                format!("A{level}"),
+                format!("B{level}"),
+                format!("C{level}")
+            ]);
+        }
+        let schema = serde_json::json!({
+            "type": "record",
+            "name": "Deep",
+            "fields": [
+                { "name": "text", "type": "string", "sluice.role": "text" },
+                { "name": "deep", "type": inner }
+            ]
+        });
+        let schema = DocumentSchema::parse(&schema.to_string()).unwrap();
+        let mut value = serde_json::json!({ "v": 1 });
+        for _ in 0..12 {
+            value = serde_json::json!({ "v": value });
+        }
+        let payload = serde_json::json!({ "text": "x", "deep": value }).to_string();
+        let started = std::time::Instant::now();
+        let err = schema.encode_json(&payload).unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(
+            err.iter()
+                .any(|v| v.description.contains("too complex to validate")),
+            "{err:?}"
+        );
+        println!("nested unions refused in {elapsed:?}");
+    }
+
+    /// Avro's zig-zag varint encoding of a long.
+    fn long(n: i64) -> Vec<u8> {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            let byte = (z & 0x7f) as u8;
+            z >>= 7;
+            if z == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    #[test]
+    fn hostile_binary_is_refused_without_allocating() {
+        limit_decoder_allocations(4 << 20);
+        let schema = schema();
+        // title: null; text: "hi"; source, language: null; then the tags array.
+        let head = |tags: &[u8]| [&[0u8][..], &long(2), b"hi", &[0, 0], tags].concat();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "a string of 2^40 bytes",
+                [&[0u8][..], &long(1 << 40)].concat(),
+            ),
+            ("a negative string length", [&[0u8][..], &long(-7)].concat()),
+            ("10^12 array items", head(&long(1_000_000_000_000))),
+            (
+                "a negative block count with a huge block size",
+                head(&[long(-1_000_000_000), long(1 << 50)].concat()),
+            ),
+            ("an empty payload", Vec::new()),
+            ("a truncated payload", head(&long(3))),
+        ];
+        for (what, bytes) in cases {
+            let started = std::time::Instant::now();
+            let refused = schema.decode_binary(&bytes);
+            assert!(refused.is_err(), "{what} was accepted");
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(500),
+                "{what} took {:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[test]

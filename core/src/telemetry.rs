@@ -15,3 +15,39 @@ pub fn init(log: &LogConfig) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Shows an error with its causes, outermost first: `ingestion failed: vector store: connection
+/// refused`. Error types keep their cause as [`source`](std::error::Error::source) rather than
+/// in their own message, so logs and client-facing reasons print errors through this:
+/// `tracing::warn!(error = %Chain(&error), "…")`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("indexing failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_shows_every_cause() {
+        let error = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            Chain(&error).to_string(),
+            "indexing failed: connection refused"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! - [`ingest`]: the ingest path: validation, idempotency, Kafka transactions, the record of
 //!   accepted ingestions, completions back from the workers, watch streams, retention.
 //! - [`services`]: search, schemas, health, and errors as gRPC statuses.
+//! - [`transport`]: limits on connections and request sizes, before any tenant code runs.
 //! - [`schema_registry_api`]: the built-in schema registry's Confluent REST API, scoped per
 //!   tenant.
 //! - [`standalone`]: the worker in the same process, sharing the embedded vector store.
@@ -21,5 +22,6 @@ pub mod server;
 pub mod services;
 pub mod standalone;
 pub mod tenancy;
+pub mod transport;
 
 pub use server::{Gateway, RunningGateway};

@@ -5,6 +5,7 @@
 //! finish the ones in flight (including their transactions), then the completion consumer and
 //! the appender stop.
 
+use sluice_core::telemetry::Chain;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,9 @@ use sluice_core::tenants::Tenants;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::ingest::appender::{self, Appender};
 use crate::ingest::completions;
@@ -35,12 +38,14 @@ use crate::tenancy::auth::{Authenticator, TENANT_HEADER};
 use crate::tenancy::directory::TenantDirectory;
 use crate::tenancy::quota::QuotaGate;
 use crate::tenancy::tls::{ReloadingTls, TlsFiles};
+use crate::transport::connections::{ConnectionLimit, Counted};
+use crate::transport::messages::{MessageLimits, ENVELOPE_BYTES};
 
-pub use sluice_core::shared::Shared;
+pub use sluice_worker::Shared;
 
-/// Largest request accepted: a batch of documents can be large; each document's own limits
-/// are checked by validation.
-const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Largest request message of methods without a limit of their own (searches, schemas,
+/// lookups, watch requests).
+const MAX_SMALL_REQUEST_BYTES: usize = 1 << 20;
 
 pub struct Gateway;
 
@@ -61,7 +66,7 @@ impl Gateway {
             .await
             .context("reading the tenant registry")?;
         let directory_task = directory.spawn_refresher(
-            Duration::from_millis(config.registry.refresh_interval_ms.max(100)),
+            Duration::from_millis(config.tenants.refresh_interval_ms.max(100)),
             shutdown.clone(),
         );
         let (authenticator, tls) = if config.gateway.dev_tenant_header {
@@ -163,7 +168,7 @@ impl Gateway {
             tonic::service::Routes::from(api)
         });
         let search = SearchApi {
-            auth: authenticator,
+            auth: authenticator.clone(),
             quotas,
             embedder: shared.embedder.clone(),
             store: shared.store.clone(),
@@ -171,12 +176,12 @@ impl Gateway {
         };
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let checker = HealthChecker {
+        let checker = HealthChecker::new(
             producer,
-            db: shared.db.clone(),
-            store: shared.store.clone(),
-            embedder: shared.embedder.clone(),
-        };
+            shared.db.clone(),
+            shared.store.clone(),
+            shared.embedder.clone(),
+        );
         let health_driver = tokio::spawn(
             checker
                 .clone()
@@ -202,35 +207,70 @@ impl Gateway {
             .with_context(|| format!("binding {}", config.gateway.health_listen))?;
         let health_addr = health_listener.local_addr()?;
 
-        let mut server = tonic::transport::Server::builder().accept_http1(true);
+        let gateway = &config.gateway;
+        // Who is calling is decided on the headers, before the request body is read: a
+        // caller that will be refused costs no more than its headers. (The services ask
+        // again for the quotas in force; that is a lookup in the same snapshot.)
+        let admit = {
+            let auth = authenticator.clone();
+            move |request: tonic::Request<()>| auth.caller(&request).map(|_| request)
+        };
+        let limits = message_limits(gateway);
+        let largest = limits.largest();
+        let mut server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(gateway.max_streams_per_connection)
+            .http2_keepalive_interval(Some(Duration::from_secs(gateway.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(gateway.keepalive_timeout_secs)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .layer(limits);
         let router = server
             .add_routes(registry_routes.unwrap_or_default())
-            .add_service(
-                IngestServiceServer::new(ingest).max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(SearchServiceServer::new(search))
-            .add_service(SchemaServiceServer::new(schema_api))
+            .add_service(InterceptedService::new(
+                IngestServiceServer::new(ingest).max_decoding_message_size(largest),
+                admit.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                SearchServiceServer::new(search).max_decoding_message_size(largest),
+                admit.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                SchemaServiceServer::new(schema_api).max_decoding_message_size(largest),
+                admit,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
+        let connections = ConnectionLimit::new(gateway.max_connections);
         let stop = shutdown.clone();
         let grpc = tokio::spawn(async move {
             let served = match tls {
                 Some(tls) => {
-                    let incoming = crate::tenancy::tls::incoming(grpc_listener, tls, stop.clone());
+                    let incoming = crate::tenancy::tls::incoming(
+                        grpc_listener,
+                        tls,
+                        connections,
+                        stop.clone(),
+                    );
                     router
                         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                         .await
                 }
                 None => {
-                    let incoming = TcpListenerStream::new(grpc_listener);
+                    let incoming =
+                        TcpListenerStream::new(grpc_listener).filter_map(move |accepted| {
+                            match accepted {
+                                Ok(tcp) => connections.admit().map(|p| Ok(Counted::new(tcp, p))),
+                                Err(error) => Some(Err(error)),
+                            }
+                        });
                     router
                         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                         .await
                 }
             };
             if let Err(error) = served {
-                tracing::error!(%error, "gRPC server failed");
+                tracing::error!(error = %Chain(&error), "gRPC server failed");
             }
         });
         let http_shutdown = shutdown.clone();
@@ -238,7 +278,7 @@ impl Gateway {
             let server = axum::serve(health_listener, checker.router())
                 .with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(error) = server.await {
-                tracing::error!(%error, "health server failed");
+                tracing::error!(error = %Chain(&error), "health server failed");
             }
         });
         tracing::info!(%grpc_addr, %health_addr, "gateway serving");
@@ -282,4 +322,13 @@ impl RunningGateway {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Each method's largest request message, from the configured document and request limits.
+fn message_limits(gateway: &sluice_core::config::GatewayConfig) -> MessageLimits {
+    let ceiling = gateway.max_request_bytes;
+    let document = gateway.max_payload_bytes.saturating_add(ENVELOPE_BYTES);
+    MessageLimits::new(MAX_SMALL_REQUEST_BYTES.min(ceiling))
+        .with("/sluice.v1.IngestService/Ingest", document.min(ceiling))
+        .with("/sluice.v1.IngestService/IngestBatch", ceiling)
 }

@@ -8,6 +8,7 @@ mod event_log;
 mod exactly_once;
 mod fairness;
 mod faults;
+mod hostile;
 mod isolation;
 mod operations;
 mod pipeline;

@@ -363,7 +363,7 @@ impl VectorStore for FlakyStore {
         let doomed =
             document.document_id.starts_with("doomed") && !self.healed.load(Ordering::SeqCst);
         if doomed || attempt <= self.failures {
-            return Err(VectorStoreError::Unavailable(format!(
+            return Err(VectorStoreError::unavailable(format!(
                 "injected failure {attempt}"
             )));
         }

@@ -18,6 +18,8 @@ pub struct ChunkerOptions {
     /// made of whole pieces at the level where the split happened (sentences, words), so it can
     /// be smaller, and is empty where chunks break between paragraphs longer than it.
     pub overlap_tokens: usize,
+    /// Most tokens one document may have; [`Chunker::split_document`] refuses longer ones.
+    pub max_document_tokens: usize,
 }
 
 impl Default for ChunkerOptions {
@@ -25,8 +27,17 @@ impl Default for ChunkerOptions {
         Self {
             max_tokens: 250,
             overlap_tokens: 32,
+            max_document_tokens: 262_144,
         }
     }
+}
+
+/// A document longer than [`ChunkerOptions::max_document_tokens`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{tokens} tokens; workers index documents of at most {max} tokens (chunking.max_document_tokens)")]
+pub struct TooLong {
+    pub tokens: usize,
+    pub max: usize,
 }
 
 /// Why a [`Chunker`] could not be built.
@@ -39,15 +50,19 @@ pub enum ChunkError {
 /// Splits documents into overlapping chunks that fit the embedding model.
 pub struct Chunker {
     splitter: TextSplitter<Tokenizer>,
+    /// The same tokenizer, for counting a whole text.
+    tokenizer: Tokenizer,
+    max_document_tokens: usize,
 }
 
 impl Chunker {
-    /// A chunker counting with `tokenizer` (normally [`sluice_core::embed::Embedder::tokenizer`]).
+    /// A chunker counting with `tokenizer` (normally [`sluice_embed::Embedder::tokenizer`]).
     /// Padding and truncation are switched off on its copy, since either would miscount.
     pub fn new(tokenizer: &Tokenizer, options: ChunkerOptions) -> Result<Chunker, ChunkError> {
         let ChunkerOptions {
             max_tokens,
             overlap_tokens,
+            max_document_tokens,
         } = options;
         if max_tokens == 0 {
             return Err(ChunkError::InvalidOptions(
@@ -70,10 +85,34 @@ impl Chunker {
         let config = ChunkConfig::new(max_tokens)
             .with_overlap(overlap_tokens)
             .map_err(|e| ChunkError::InvalidOptions(e.to_string()))?
-            .with_sizer(tokenizer);
+            .with_sizer(tokenizer.clone());
         Ok(Chunker {
             splitter: TextSplitter::new(config),
+            tokenizer,
+            max_document_tokens,
         })
+    }
+
+    /// Tokens in `text` as the model counts them (without `[CLS]`/`[SEP]`); text the tokenizer
+    /// rejects counts as 0 (it yields no chunks either).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode_fast(text, false)
+            .map(|encoding| encoding.len())
+            .unwrap_or(0)
+    }
+
+    /// The chunks of a document's text, after checking that it is not too long to index (the
+    /// count costs one tokenizer pass, bounded by the gateway's text limit).
+    pub fn split_document(&self, text: &str) -> Result<Vec<String>, TooLong> {
+        let tokens = self.count_tokens(text);
+        if tokens > self.max_document_tokens {
+            return Err(TooLong {
+                tokens,
+                max: self.max_document_tokens,
+            });
+        }
+        Ok(self.split(text))
     }
 
     /// The chunks of `text`, in order, trimmed of surrounding whitespace; none for blank text.
@@ -196,6 +235,24 @@ mod tests {
     }
 
     #[test]
+    fn documents_over_the_token_limit_are_refused_before_splitting() {
+        let options = ChunkerOptions {
+            max_document_tokens: 1000,
+            ..ChunkerOptions::default()
+        };
+        let chunker = Chunker::new(&tokenizer(), options).unwrap();
+        let long = "word ".repeat(1001);
+        assert_eq!(
+            chunker.split_document(&long),
+            Err(TooLong {
+                tokens: 1001,
+                max: 1000
+            })
+        );
+        assert!(chunker.split_document(&"word ".repeat(1000)).is_ok());
+    }
+
+    #[test]
     fn blank_text_has_no_chunks() {
         let chunker = Chunker::new(&tokenizer(), ChunkerOptions::default()).unwrap();
         assert!(chunker.split("").is_empty());
@@ -207,6 +264,7 @@ mod tests {
         let options = ChunkerOptions {
             max_tokens: 100,
             overlap_tokens: 100,
+            ..ChunkerOptions::default()
         };
         let error = Chunker::new(&tokenizer(), options).err().unwrap();
         let message = error.to_string();

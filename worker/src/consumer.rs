@@ -6,6 +6,7 @@
 //! consumer and producer and resumes from the last committed offsets, processing those records
 //! again, which is harmless because indexing is idempotent.
 
+use sluice_core::telemetry::Chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,12 @@ use crate::indexer::{Indexer, ProcessError, Processed};
 const MAX_BATCH: usize = 16;
 /// How long to wait for more records to join a batch once one has arrived.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
+/// Records stop joining a batch once their payloads add up to this.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+/// How long a batch may take before the broker gives this worker's partitions to another:
+/// above the longest a batch can take (one document of `chunking.max_document_tokens`, ≈ 90 s
+/// on 2 cores at the default), with room for a slow machine.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
 /// Bound on each transaction step; a dead broker is noticed within it.
 const TRANSACTION_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -100,20 +107,21 @@ impl Worker {
             )
             .sleep(pause)
             .when(|_| !shutdown.is_cancelled())
-            .notify(|error, pause| tracing::warn!(%error, ?pause, "worker session ended; resuming from committed offsets"))
+            .notify(|error, pause| tracing::warn!(error = %Chain(error.as_ref()), ?pause, "worker session ended; resuming from committed offsets"))
             .await;
         if let Err(error) = ended {
-            tracing::warn!(%error, "worker session ended at shutdown");
+            tracing::warn!(error = %Chain(error.as_ref()), "worker session ended at shutdown");
         }
         tracing::info!("worker stopped");
     }
 
     /// One consumer and one producer, until shutdown (Ok) or a failed transaction (Err).
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let poll_interval = MAX_POLL_INTERVAL.as_millis().to_string();
         let consumer: Arc<StreamConsumer> = Arc::new(read_committed_consumer(
             &self.kafka,
             &self.settings.group_id,
-            &[],
+            &[("max.poll.interval.ms", &poll_interval)],
             DefaultConsumerContext,
         )?);
         let result = self.consume(&consumer, shutdown).await;
@@ -142,16 +150,22 @@ impl Worker {
                     Ok(message) => message.detach(),
                     Err(error) => {
                         // Broker hiccups surface here; librdkafka reconnects by itself.
-                        tracing::warn!(%error, "consume error");
+                        tracing::warn!(error = %Chain(&error), "consume error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 },
             };
+            // Small records batch up; a large one goes alone, so that a batch's work (and the
+            // time until the next poll) stays about that of one document.
+            let mut bytes = first.payload().map_or(0, <[u8]>::len);
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
-                    Ok(Ok(message)) => batch.push(message.detach()),
+                    Ok(Ok(message)) => {
+                        bytes += message.payload().map_or(0, <[u8]>::len);
+                        batch.push(message.detach());
+                    }
                     _ => break,
                 }
             }
@@ -189,7 +203,7 @@ impl Worker {
             Ok(record) => record,
             Err(error) => {
                 // Without its headers there is no ingestion to complete; keep the record.
-                tracing::error!(%error, ?origin, "malformed record sent to dead letters");
+                tracing::error!(error = %Chain(&error), ?origin, "malformed record sent to dead letters");
                 return vec![self.dead_letter(
                     message,
                     &origin,
@@ -211,14 +225,14 @@ impl Worker {
                 .with_jitter(),
         )
         .when(ProcessError::is_transient)
-        .notify(|error, delay| tracing::warn!(ingestion_id = %record.ingestion_id, %error, ?delay, "retrying"))
+        .notify(|error, delay| tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(error), ?delay, "retrying"))
         .await;
 
         let mut outgoing = Vec::with_capacity(2);
         let processed = match result {
             Ok(processed) => processed,
             Err(error) => {
-                tracing::warn!(ingestion_id = %record.ingestion_id, %error, attempts, "ingestion failed");
+                tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(&error), attempts, "ingestion failed");
                 if error.is_transient() {
                     outgoing.push(self.dead_letter(
                         message,

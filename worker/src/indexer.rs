@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use sluice_core::embed::Embedder;
 use sluice_core::record::{DocumentRecord, Operation, Outcome};
 use sluice_core::schema::DocumentSchema;
 use sluice_core::schema_registry::catalog::CatalogError;
 use sluice_core::schema_registry::SchemaCatalog;
+use sluice_core::telemetry::Chain;
 use sluice_core::vector::{Chunk, IndexedDocument, VectorStore};
+use sluice_embed::Embedder;
 
 use crate::chunk::Chunker;
 
@@ -104,7 +105,7 @@ impl Indexer {
                 chunks,
             })
             .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+            .map_err(|e| ProcessError::Transient(Chain(&e).to_string()))?;
         Ok(Processed {
             outcome: Outcome::Indexed,
             chunk_count,
@@ -117,7 +118,7 @@ impl Indexer {
             .store
             .delete_document(record.tenant.as_str(), &record.document_id)
             .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+            .map_err(|e| ProcessError::Transient(Chain(&e).to_string()))?;
         Ok(Processed {
             outcome: Outcome::Deleted,
             chunk_count: removed as u32,
@@ -165,9 +166,10 @@ impl Indexer {
     /// Stage 2: text → chunks of at most the configured number of model tokens.
     async fn chunk(&self, text: String) -> Result<Vec<String>, ProcessError> {
         let chunker = self.chunker.clone();
-        let chunks = tokio::task::spawn_blocking(move || chunker.split(&text))
+        let chunks = tokio::task::spawn_blocking(move || chunker.split_document(&text))
             .await
-            .map_err(|e| ProcessError::Transient(format!("chunking: {e}")))?;
+            .map_err(|e| ProcessError::Transient(format!("chunking: {}", Chain(&e))))?
+            .map_err(|too_long| ProcessError::Rejected(format!("text: {too_long}")))?;
         if chunks.is_empty() {
             return Err(ProcessError::Rejected("text: nothing to index".into()));
         }
@@ -183,7 +185,7 @@ impl Indexer {
             embedder.embed(&texts)
         })
         .await
-        .map_err(|e| ProcessError::Transient(format!("embedding: {e}")))?
-        .map_err(|e| ProcessError::Transient(format!("embedding: {e}")))
+        .map_err(|e| ProcessError::Transient(format!("embedding: {}", Chain(&e))))?
+        .map_err(|e| ProcessError::Transient(format!("embedding: {}", Chain(&e))))
     }
 }

@@ -7,6 +7,7 @@
 //! - [`consumer`]: the Kafka side: a read_committed consumer group member that runs each batch
 //!   of records through the indexer and commits their completion events together with the
 //!   consumed offsets in one transaction.
+//! - [`shared`]: what a process opens at start (model, vector store, database, schemas).
 //!
 //! A record is processed at least once, and processing it again changes nothing (point ids are
 //! deterministic), so with the transactional commit each ingestion gets exactly one committed
@@ -15,16 +16,18 @@
 pub mod chunk;
 pub mod consumer;
 pub mod indexer;
+pub mod shared;
 
 pub use consumer::{Worker, WorkerHandle};
 pub use indexer::Indexer;
+pub use shared::Shared;
 
 use std::sync::Arc;
 
 use sluice_core::config::Config;
-use sluice_core::embed::Embedder;
 use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::VectorStore;
+use sluice_embed::Embedder;
 
 use crate::chunk::{Chunker, ChunkerOptions};
 
@@ -41,6 +44,7 @@ pub fn indexer_for(
         ChunkerOptions {
             max_tokens: config.chunking.max_tokens,
             overlap_tokens: config.chunking.overlap_tokens,
+            max_document_tokens: config.chunking.max_document_tokens,
         },
     )?;
     Ok(Indexer::new(schemas, Arc::new(chunker), embedder, store))

@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
             "the embedded vector store lives in the gateway's process: run `sluice-gateway --standalone`, or configure a Qdrant server (vector_store.kind = \"qdrant\")"
         );
     }
-    let shared = sluice_core::shared::Shared::open(&config).await?;
+    let shared = sluice_worker::Shared::open(&config).await?;
     sluice_core::kafka::ensure_topics(&config.kafka).await?;
     let indexer =
         sluice_worker::indexer_for(&config, shared.schemas, shared.embedder, shared.store)?;

@@ -63,7 +63,7 @@ impl EdgeStore {
             }
             None => {
                 std::fs::create_dir_all(dir).map_err(|err| {
-                    VectorStoreError::Other(format!("create {}: {err}", dir.display()))
+                    VectorStoreError::other(format!("create {}", dir.display())).caused_by(err)
                 })?;
                 EdgeShard::new(dir, new_config(dimension))
                     .map_err(engine_error("create the shard"))?
@@ -243,14 +243,14 @@ fn check_stored_dimension(
 ) -> Result<(), VectorStoreError> {
     match config.vectors.get(DEFAULT_VECTOR_NAME) {
         Some(params) if params.size == dimension && params.distance == Distance::Cosine => Ok(()),
-        Some(params) => Err(VectorStoreError::Other(format!(
+        Some(params) => Err(VectorStoreError::other(format!(
             "the store in {} holds {:?} vectors of dimension {}, not cosine vectors of dimension \
              {dimension}; use another directory or re-index into a fresh one",
             dir.display(),
             params.distance,
             params.size,
         ))),
-        None => Err(VectorStoreError::Other(format!(
+        None => Err(VectorStoreError::other(format!(
             "the store in {} has no default dense vector",
             dir.display()
         ))),
@@ -316,7 +316,7 @@ fn exact_count(shard: &EdgeShard, filter: Filter) -> Result<u64, VectorStoreErro
 /// which is turned back into an error here.
 fn flush(shard: &EdgeShard) -> Result<(), VectorStoreError> {
     panic::catch_unwind(AssertUnwindSafe(|| shard.flush())).map_err(|panic| {
-        VectorStoreError::Other(format!(
+        VectorStoreError::other(format!(
             "flush to disk failed: {}",
             panic_message(panic.as_ref())
         ))
@@ -352,22 +352,22 @@ fn edge_filter(clauses: &[Clause]) -> Result<Filter, VectorStoreError> {
 
 fn json_path(path: &str) -> Result<JsonPath, VectorStoreError> {
     path.parse()
-        .map_err(|()| VectorStoreError::Other(format!("invalid payload path {path:?}")))
+        .map_err(|()| VectorStoreError::other(format!("invalid payload path {path:?}")))
 }
 
 fn engine_error(action: &'static str) -> impl Fn(OperationError) -> VectorStoreError {
-    move |err| VectorStoreError::Other(format!("qdrant-edge: {action}: {err}"))
+    move |err| VectorStoreError::other(format!("qdrant-edge: {action}")).caused_by(err)
 }
 
 fn join_error(err: tokio::task::JoinError) -> VectorStoreError {
     if err.is_panic() {
-        VectorStoreError::Other(format!(
+        VectorStoreError::other(format!(
             "qdrant-edge panicked: {}",
             panic_message(err.into_panic().as_ref())
         ))
     } else {
         // Only a shutting-down runtime cancels blocking tasks.
-        VectorStoreError::Unavailable("qdrant-edge call cancelled".to_string())
+        VectorStoreError::unavailable("qdrant-edge call cancelled".to_string())
     }
 }
 
@@ -441,7 +441,7 @@ pub(super) fn search_clauses(query: &VectorQuery) -> Result<Vec<Clause>, VectorS
 /// part of the key; Qdrant's path syntax cannot express a key containing `"` or `\`.
 pub(super) fn attribute_path(key: &str) -> Result<String, VectorStoreError> {
     if key.contains(['"', '\\']) {
-        return Err(VectorStoreError::Other(format!(
+        return Err(VectorStoreError::other(format!(
             "attribute {key:?} cannot be filtered on: keys with '\"' or '\\' are not supported"
         )));
     }
@@ -451,14 +451,14 @@ pub(super) fn attribute_path(key: &str) -> Result<String, VectorStoreError> {
 /// The number of chunks, which is also the first chunk index that must not exist any more.
 pub(super) fn chunk_count(document: &IndexedDocument) -> Result<u32, VectorStoreError> {
     u32::try_from(document.chunks.len())
-        .map_err(|_| VectorStoreError::Other("a document cannot have 2^32 chunks".to_string()))
+        .map_err(|_| VectorStoreError::other("a document cannot have 2^32 chunks".to_string()))
 }
 
 pub(super) fn check_dimension(vector: &[f32], dimension: usize) -> Result<(), VectorStoreError> {
     if vector.len() == dimension {
         Ok(())
     } else {
-        Err(VectorStoreError::Other(format!(
+        Err(VectorStoreError::other(format!(
             "vector has {} dimensions, the store holds {dimension}",
             vector.len()
         )))
@@ -523,7 +523,7 @@ pub(super) fn hit_from_payload(
 }
 
 fn corrupt_payload(key: &str) -> VectorStoreError {
-    VectorStoreError::Other(format!("stored point lacks a valid {key:?}"))
+    VectorStoreError::other(format!("stored point lacks a valid {key:?}"))
 }
 
 #[cfg(test)]

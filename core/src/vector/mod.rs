@@ -81,12 +81,55 @@ pub struct VectorHit {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// What went wrong underneath a [`VectorStoreError`] (the Qdrant client, the embedded engine,
+/// the file system), kept as its source so logs show it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VectorStoreError {
-    #[error("vector store unavailable: {0}")]
-    Unavailable(String),
-    #[error("vector store: {0}")]
-    Other(String),
+    /// The store is unreachable or overloaded: worth retrying.
+    #[error("vector store unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// Anything else (a misconfigured collection, a refused request): retrying will not help.
+    #[error("vector store: {context}")]
+    Other {
+        context: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl VectorStoreError {
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        VectorStoreError::Unavailable {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    pub fn other(context: impl Into<String>) -> Self {
+        VectorStoreError::Other {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// The same error, caused by `error`.
+    pub fn caused_by(mut self, error: impl Into<Cause>) -> Self {
+        let (VectorStoreError::Unavailable { cause, .. } | VectorStoreError::Other { cause, .. }) =
+            &mut self;
+        *cause = Some(error.into());
+        self
+    }
+
+    /// Whether a retry can succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, VectorStoreError::Unavailable { .. })
+    }
 }
 
 #[async_trait]

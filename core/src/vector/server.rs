@@ -105,7 +105,7 @@ impl QdrantServerStore {
             {
                 Ok(())
             }
-            other => Err(VectorStoreError::Other(format!(
+            other => Err(VectorStoreError::other(format!(
                 "collection {:?} exists but does not hold one unnamed cosine vector of dimension \
                  {} (it has {other:?})",
                 self.collection, self.dimension
@@ -321,7 +321,7 @@ fn json_value(value: QdrantValue) -> JsonValue {
 /// Maps a client error; transport failures and overload are `Unavailable` (worth retrying).
 fn client_error(action: &'static str) -> impl Fn(QdrantError) -> VectorStoreError {
     move |err| {
-        let message = format!("qdrant: {action}: {err}");
+        let context = format!("qdrant: {action}");
         let retryable = match &err {
             QdrantError::ResponseError { status } => matches!(
                 status.code(),
@@ -334,9 +334,9 @@ fn client_error(action: &'static str) -> impl Fn(QdrantError) -> VectorStoreErro
             _ => false,
         };
         if retryable {
-            VectorStoreError::Unavailable(message)
+            VectorStoreError::unavailable(context).caused_by(err)
         } else {
-            VectorStoreError::Other(message)
+            VectorStoreError::other(context).caused_by(err)
         }
     }
 }
@@ -445,10 +445,10 @@ mod tests {
         let unavailable = client_error("x")(QdrantError::ResponseError {
             status: tonic::Status::unavailable("connection refused"),
         });
-        assert!(matches!(unavailable, VectorStoreError::Unavailable(_)));
+        assert!(unavailable.is_unavailable());
         let invalid = client_error("x")(QdrantError::ResponseError {
             status: tonic::Status::invalid_argument("bad filter"),
         });
-        assert!(matches!(invalid, VectorStoreError::Other(_)));
+        assert!(!invalid.is_unavailable());
     }
 }

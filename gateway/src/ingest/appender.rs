@@ -5,10 +5,11 @@
 //! ([group commit](crate::ingest::group_commit)). Each request's records stay all-or-nothing: a transaction commits or
 //! aborts as a whole. A caller gets its positions only after the commit.
 
+use sluice_core::telemetry::Chain;
 use std::time::Duration;
 
 use sluice_core::config::KafkaConfig;
-use sluice_core::kafka::{OutgoingRecord, TransactionError, TransactionalProducer};
+use sluice_core::kafka::{record_size, OutgoingRecord, TransactionError, TransactionalProducer};
 use sluice_core::record::{DocumentRecord, Position};
 use tokio::task::JoinHandle;
 
@@ -23,6 +24,7 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Appender {
     transactions: GroupCommit<Transactions>,
     topic: String,
+    max_record_bytes: usize,
 }
 
 impl Appender {
@@ -34,6 +36,7 @@ impl Appender {
         max_records: usize,
     ) -> (Self, JoinHandle<()>) {
         let topic = kafka.documents_topic.clone();
+        let max_record_bytes = kafka.max_record_bytes;
         let transactions = Transactions {
             kafka,
             transactional_id,
@@ -44,18 +47,20 @@ impl Appender {
             Self {
                 transactions,
                 topic,
+                max_record_bytes,
             },
             task,
         )
     }
 
     /// Writes `records` in one transaction (possibly shared with other requests) and returns
-    /// where each landed.
+    /// where each landed. A record larger than Kafka takes is refused here, before it could
+    /// fail the transaction it would share with other requests.
     pub async fn append(
         &self,
         records: &[DocumentRecord],
     ) -> Result<Vec<Position>, TransactionError> {
-        let records = records
+        let records: Vec<OutgoingRecord> = records
             .iter()
             .map(|r| OutgoingRecord {
                 topic: self.topic.clone(),
@@ -64,6 +69,16 @@ impl Appender {
                 headers: r.headers(),
             })
             .collect();
+        for record in &records {
+            let size = record_size(record);
+            if size > self.max_record_bytes {
+                return Err(TransactionError::Refused(format!(
+                    "the record of {} is {size} bytes; records hold at most {} bytes \
+                     (gateway.max_payload_bytes plus 128 KiB)",
+                    record.key, self.max_record_bytes
+                )));
+            }
+        }
         self.transactions
             .submit(records)
             .await
@@ -86,7 +101,7 @@ impl Commit for Transactions {
 
     async fn commit(
         &mut self,
-        records: Vec<OutgoingRecord>,
+        records: &[OutgoingRecord],
     ) -> Result<Vec<Position>, TransactionError> {
         if self.producer.is_none() {
             // The previous producer failed for good (fenced, broker gone too long); try a
@@ -96,20 +111,26 @@ impl Commit for Transactions {
             {
                 Ok(fresh) => self.producer = Some(fresh),
                 Err(error) => {
-                    tracing::warn!(%error, "Kafka producer unavailable");
+                    tracing::warn!(error = %Chain(&error), "Kafka producer unavailable");
                     return Err(TransactionError::Fatal(error.to_string()));
                 }
             }
         }
         let active = self.producer.as_ref().expect("set above");
-        let result = active.commit(&records, None).await;
+        let result = active.commit(records, None).await;
         if let Err(error) = &result {
-            tracing::warn!(%error, records = records.len(), "transaction not committed");
+            tracing::warn!(error = %Chain(error), records = records.len(), "transaction not committed");
             if matches!(error, TransactionError::Fatal(_)) {
                 self.producer = None;
             }
         }
         result
+    }
+
+    /// Kafka refused a record for what it is: the other requests of its group did nothing
+    /// wrong.
+    fn retry_alone(error: &TransactionError) -> bool {
+        matches!(error, TransactionError::Refused(_))
     }
 }
 

@@ -6,6 +6,7 @@
 //! redelivery after a restart) end each ingestion once, and only the delivery that ended it
 //! is published.
 
+use sluice_core::telemetry::Chain;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -50,7 +51,7 @@ pub fn spawn(
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
-                    tracing::warn!(%error, "completion consumer error");
+                    tracing::warn!(error = %Chain(&error), "completion consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -58,11 +59,11 @@ pub fn spawn(
             match Completion::from_json(message.payload().unwrap_or_default()) {
                 Ok(completion) => apply(&db, &hub, &completion).await,
                 Err(error) => {
-                    tracing::error!(%error, offset = message.offset(), "unreadable completion skipped")
+                    tracing::error!(error = %Chain(&error), offset = message.offset(), "unreadable completion skipped")
                 }
             }
             if let Err(error) = consumer.store_offset_from_message(&message) {
-                tracing::warn!(%error, "cannot store completion offset");
+                tracing::warn!(error = %Chain(&error), "cannot store completion offset");
             }
         }
         // Closing commits the stored offsets and leaves the group; it blocks (up to librdkafka's
@@ -82,7 +83,7 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
                 .with_max_delay(Duration::from_secs(5))
                 .without_max_times(),
         )
-        .notify(|error, pause| tracing::warn!(%error, ?pause, "cannot record completion; retrying"))
+        .notify(|error, pause| tracing::warn!(error = %Chain(error), ?pause, "cannot record completion; retrying"))
         .await
         .expect("retried without limit");
     if changes.is_empty() {

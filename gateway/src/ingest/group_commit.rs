@@ -4,7 +4,9 @@
 //! round trip or a lock turn, so sharing one keeps that cost off each request's latency.
 //!
 //! Each request's items stay together in one commit (all-or-nothing): a group takes whole
-//! requests up to `max_items`, and a single request larger than that goes alone.
+//! requests up to `max_items`, and a single request larger than that goes alone. When a group
+//! fails because of what one request holds ([`Commit::retry_alone`]: Kafka refusing a record),
+//! each of its requests is committed again on its own, so only that request fails.
 //!
 //! [appender]: crate::ingest::appender
 //! [recorder]: crate::ingest::recorder
@@ -24,8 +26,14 @@ pub trait Commit: Send + 'static {
     /// Commits `items` as one unit; on success, one output per item, in order.
     fn commit(
         &mut self,
-        items: Vec<Self::Item>,
+        items: &[Self::Item],
     ) -> impl Future<Output = Result<Vec<Self::Output>, Self::Error>> + Send;
+
+    /// Whether a group that failed with `error` may have failed for one request's items only,
+    /// so that its requests are worth committing one by one.
+    fn retry_alone(_error: &Self::Error) -> bool {
+        false
+    }
 }
 
 /// The group-commit task has stopped (every handle was dropped, or it is shutting down).
@@ -115,11 +123,21 @@ async fn commit_group<C: Commit>(committer: &mut C, group: Vec<Request<C>>) {
         replies.push(request.reply);
         items.extend(request.items);
     }
-    match committer.commit(items).await {
+    match committer.commit(&items).await {
         Ok(outputs) => {
             let mut outputs = outputs.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
                 let _ = reply.send(Ok(outputs.by_ref().take(size).collect()));
+            }
+        }
+        // One request's items may be what failed the group: each request on its own, so
+        // that only that one hears the error.
+        Err(error) if replies.len() > 1 && C::retry_alone(&error) => {
+            let mut start = 0;
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let answer = committer.commit(&items[start..start + size]).await;
+                start += size;
+                let _ = reply.send(answer);
             }
         }
         Err(error) => {
@@ -136,7 +154,8 @@ mod tests {
 
     use super::*;
 
-    /// Doubles numbers, remembering each group; fails groups that contain a zero.
+    /// Doubles numbers, remembering each group; fails groups that contain a zero (and says
+    /// to retry them alone when asked to).
     struct Doubler {
         groups: Arc<Mutex<Vec<Vec<u32>>>>,
     }
@@ -146,15 +165,49 @@ mod tests {
         type Output = u32;
         type Error = String;
 
-        async fn commit(&mut self, items: Vec<u32>) -> Result<Vec<u32>, String> {
+        async fn commit(&mut self, items: &[u32]) -> Result<Vec<u32>, String> {
             // Slow enough that requests pile up behind the first.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            self.groups.lock().unwrap().push(items.clone());
+            self.groups.lock().unwrap().push(items.to_vec());
             if items.contains(&0) {
                 return Err("zero".into());
             }
-            Ok(items.into_iter().map(|n| n * 2).collect())
+            Ok(items.iter().map(|n| n * 2).collect())
         }
+
+        fn retry_alone(error: &String) -> bool {
+            error == "zero"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_fails_alone_not_its_group() {
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let (commits, task) = GroupCommit::spawn(
+            "doubler",
+            Doubler {
+                groups: groups.clone(),
+            },
+            100,
+        );
+        // Thirty requests at once, one of them refused: they share groups, and only the
+        // refused one fails.
+        let calls = (0..30u32).map(|n| {
+            let commits = commits.clone();
+            async move { commits.submit(vec![n, n + 100]).await }
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert_eq!(answers[0], Ok(Err("zero".to_string())));
+        for (n, answer) in (1..30u32).zip(&answers[1..]) {
+            assert_eq!(answer, &Ok(Ok(vec![2 * n, 2 * (n + 100)])));
+        }
+        drop(commits);
+        task.await.unwrap();
+        let groups = groups.lock().unwrap();
+        assert!(
+            groups.iter().any(|g| g.len() > 2 && g.contains(&0)),
+            "the refused request never shared a group: {groups:?}"
+        );
     }
 
     #[tokio::test]

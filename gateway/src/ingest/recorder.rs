@@ -7,6 +7,7 @@
 //! [appender]: crate::ingest::appender
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, DbErr};
 use sluice_core::db::ingestion;
@@ -17,6 +18,16 @@ use crate::ingest::group_commit::{Commit, GroupCommit};
 
 /// Rows written in one database transaction, at most (a single larger request goes alone).
 const MAX_ROWS: usize = 1000;
+
+/// Why rows were not recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The database transaction failed; every request of its group gets the same error.
+    #[error("recording accepted ingestions failed")]
+    Database(#[source] Arc<DbErr>),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
 
 /// The handle requests use; when every handle is dropped the recorder stops.
 #[derive(Clone)]
@@ -32,14 +43,13 @@ impl Recorder {
 
     /// Records `rows` as accepted (see [`projection::record_accepted`]); returns the changes,
     /// each with its event number.
-    pub async fn record(&self, rows: Vec<ingestion::Model>) -> Result<Vec<Change>, DbErr> {
+    pub async fn record(&self, rows: Vec<ingestion::Model>) -> Result<Vec<Change>, RecordError> {
         let answer = self
             .transactions
             .submit(rows)
             .await
-            .map_err(|_| DbErr::Custom("the gateway is shutting down".into()))?;
-        // DbErr cannot be cloned to every request of a group; its message can.
-        let changes = answer.map_err(DbErr::Custom)?;
+            .map_err(|_| RecordError::ShuttingDown)?;
+        let changes = answer?;
         Ok(changes.into_iter().flatten().collect())
     }
 }
@@ -52,13 +62,17 @@ impl Commit for Transactions {
     type Item = ingestion::Model;
     /// The row's change, or `None` when it was recorded before.
     type Output = Option<Change>;
-    type Error = String;
+    /// Shared (DbErr cannot be cloned) by every request of the group.
+    type Error = RecordError;
 
-    async fn commit(&mut self, rows: Vec<ingestion::Model>) -> Result<Vec<Option<Change>>, String> {
+    async fn commit(
+        &mut self,
+        rows: &[ingestion::Model],
+    ) -> Result<Vec<Option<Change>>, RecordError> {
         let ids: Vec<String> = rows.iter().map(|r| r.ingestion_id.clone()).collect();
-        let changes = projection::record_accepted(&self.db, rows)
+        let changes = projection::record_accepted(&self.db, rows.to_vec())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RecordError::Database(Arc::new(e)))?;
         let mut by_id: HashMap<String, Change> = changes
             .into_iter()
             .map(|change| (change.row.ingestion_id.clone(), change))

@@ -2,6 +2,7 @@
 //! resume a watch stream (a cursor that old is answered OUT_OF_RANGE). Every gateway instance
 //! prunes; deleting what another already deleted is harmless.
 
+use sluice_core::telemetry::Chain;
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
@@ -27,7 +28,9 @@ pub fn spawn(
             match projection::prune_events(&db, before).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(pruned, "ingestion events past retention pruned"),
-                Err(error) => tracing::warn!(%error, "cannot prune ingestion events"),
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "cannot prune ingestion events")
+                }
             }
         }
     })

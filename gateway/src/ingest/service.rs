@@ -16,6 +16,7 @@ use sluice_core::proto::{
     KafkaPosition, Operation, WatchIngestionsRequest,
 };
 use sluice_core::record::DocumentRecord;
+use sluice_core::telemetry::Chain;
 use sluice_core::tenant::TenantId;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -98,7 +99,7 @@ impl IngestApi {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "accepted ingestions not recorded; completions will fill them in")
+                tracing::error!(error = %Chain(&error), "accepted ingestions not recorded; completions will fill them in")
             }
         }
         Ok(rows.iter().map(to_proto).collect())
@@ -443,19 +444,60 @@ pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// The client's deadline, from the `grpc-timeout` header (e.g. `5S`, `200m`).
+/// The client's deadline, from the `grpc-timeout` header (e.g. `5S`, `200m`). A value gRPC
+/// does not allow (more than 8 digits, an unknown unit) counts as no deadline; no value can
+/// overflow.
 pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    if amount.is_empty() || amount.len() > 8 || !amount.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let amount: u64 = amount.parse().ok()?;
     let timeout = match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
         "S" => Duration::from_secs(amount),
         "m" => Duration::from_millis(amount),
         "u" => Duration::from_micros(amount),
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    Some(Instant::now() + timeout)
+    Instant::now().checked_add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(value: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", value.parse().unwrap());
+        request
+    }
+
+    #[test]
+    fn any_grpc_timeout_is_a_deadline_or_none_and_never_panics() {
+        let now = Instant::now();
+        let deadline = deadline_of(&with_timeout("5S")).expect("5 seconds");
+        assert!(deadline >= now + Duration::from_secs(5));
+        assert!(deadline_of(&with_timeout("99999999H")).is_some());
+        for hostile in [
+            "999999999H",
+            "18446744073709551615H",
+            "-1S",
+            "+1S",
+            "1",
+            "S",
+            "",
+            "1x",
+            "0n",
+        ] {
+            // "0n" is a valid, already expired deadline; the rest are none.
+            let deadline = deadline_of(&with_timeout(hostile));
+            assert_eq!(deadline.is_some(), hostile == "0n", "{hostile:?}");
+        }
+    }
 }

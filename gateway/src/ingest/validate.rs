@@ -61,6 +61,7 @@ pub struct Validator {
     default_fingerprint: String,
     max_text_bytes: usize,
     max_payload_bytes: usize,
+    cpu: CpuWork,
 }
 
 impl Validator {
@@ -70,6 +71,7 @@ impl Validator {
             default_fingerprint: DocumentSchema::default_document().fingerprint().to_owned(),
             max_text_bytes: limits.max_text_bytes,
             max_payload_bytes: limits.max_payload_bytes,
+            cpu: CpuWork::new(),
         }
     }
 
@@ -101,9 +103,11 @@ impl Validator {
             }
             Err(unavailable) => return Err(unavailable),
         };
-        let payload = schema
-            .as_ref()
-            .and_then(|schema| self.payload(schema, document.payload, path, &mut violations));
+        let payload = match &schema {
+            Some(schema) => self.payload(schema, document.payload, path).await,
+            None => Ok(Vec::new()),
+        };
+        let payload = payload.map_err(|v| violations.extend(v)).ok();
         if !violations.is_empty() {
             return Err(Refusal::Invalid(violations));
         }
@@ -190,8 +194,49 @@ impl Validator {
         })
     }
 
-    /// The payload as Avro binary, checked against the schema and the text limits.
-    fn payload(
+    /// The payload as Avro binary, checked against the schema and the limits. Large payloads
+    /// are checked off the async threads, a few at a time ([`CpuWork`]): the work grows with
+    /// the payload, and the threads that serve other tenants and health must stay free.
+    async fn payload(
+        &self,
+        schema: &ResolvedSchema,
+        payload: Option<Payload>,
+        path: &str,
+    ) -> Result<Vec<u8>, Vec<Violation>> {
+        let size = match &payload {
+            Some(Payload::AvroBinary(bytes)) => bytes.len(),
+            Some(Payload::AvroJson(json)) => json.len(),
+            None => 0,
+        };
+        if size < INLINE_PAYLOAD_BYTES {
+            return self.check_payload(schema, payload, path);
+        }
+        let (this, schema, owned_path) = (self.clone(), schema.clone(), path.to_owned());
+        self.cpu
+            .run(move || this.check_payload(&schema, payload, &owned_path))
+            .await
+            .unwrap_or_else(|| {
+                Err(vec![Violation::new(
+                    path_of_payload(path),
+                    "the gateway is shutting down",
+                )])
+            })
+    }
+
+    fn check_payload(
+        &self,
+        schema: &ResolvedSchema,
+        payload: Option<Payload>,
+        path: &str,
+    ) -> Result<Vec<u8>, Vec<Violation>> {
+        let mut violations = Vec::new();
+        match self.check_payload_into(schema, payload, path, &mut violations) {
+            Some(binary) if violations.is_empty() => Ok(binary),
+            _ => Err(violations),
+        }
+    }
+
+    fn check_payload_into(
         &self,
         schema: &ResolvedSchema,
         payload: Option<Payload>,
@@ -249,12 +294,71 @@ impl Validator {
                 ));
                 None
             }
-            Ok(_) => Some(binary),
+            Ok(content) => {
+                // Declared attributes go into every chunk, as request attributes do: the
+                // same bounds.
+                for (name, value) in &content.attributes {
+                    if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+                        violations.push(Violation::new(
+                            format!("{field}.{name}"),
+                            format!(
+                                "attribute of {} bytes, more than the maximum of \
+                                 {MAX_ATTRIBUTE_VALUE_BYTES}",
+                                value.len()
+                            ),
+                        ));
+                    }
+                }
+                violations.is_empty().then_some(binary)
+            }
             Err(errors) => {
                 violations.extend(errors.into_iter().map(at));
                 None
             }
         }
+    }
+}
+
+/// Payloads smaller than this are checked on the calling thread (cheaper than a hand-off).
+const INLINE_PAYLOAD_BYTES: usize = 16 << 10;
+
+fn path_of_payload(path: &str) -> String {
+    format!("{path}.payload")
+}
+
+/// CPU-heavy checks, off the async threads and at most one per core at a time, so that a
+/// flood of large payloads queues here instead of taking every thread.
+#[derive(Clone)]
+pub struct CpuWork {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl CpuWork {
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
+
+    /// Runs `work` on a blocking thread once a core is free; `None` if it could not run.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .ok()
+    }
+}
+
+impl Default for CpuWork {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

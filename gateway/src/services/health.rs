@@ -3,19 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
-use sluice_core::embed::Embedder;
 use sluice_core::health::{Dependency, HealthReport, Status};
 use sluice_core::kafka::TransactionalProducer;
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
 use sluice_core::proto::schema_service_server::SchemaServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
+use sluice_core::telemetry::Chain;
 use sluice_core::vector::VectorStore;
+use sluice_embed::Embedder;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
@@ -26,35 +27,77 @@ use crate::services::search::SearchApi;
 /// How often the gRPC health status is refreshed.
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// How long the model's check stands: it runs the model, which `/healthz` must not do on
+/// every hit (a client polling it would take cores from the worker and from searches).
+const MODEL_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// When the model was last checked, and what the check said.
+type ModelCheck = (Instant, Result<String, String>);
+
 #[derive(Clone)]
 pub struct HealthChecker {
-    pub producer: TransactionalProducer,
-    pub db: DatabaseConnection,
-    pub store: Arc<dyn VectorStore>,
-    pub embedder: Arc<Embedder>,
+    producer: TransactionalProducer,
+    db: DatabaseConnection,
+    store: Arc<dyn VectorStore>,
+    embedder: Arc<Embedder>,
+    /// The model's last check and when it ran; one check at a time.
+    model_check: Arc<tokio::sync::Mutex<Option<ModelCheck>>>,
 }
 
 impl HealthChecker {
+    pub fn new(
+        producer: TransactionalProducer,
+        db: DatabaseConnection,
+        store: Arc<dyn VectorStore>,
+        embedder: Arc<Embedder>,
+    ) -> Self {
+        Self {
+            producer,
+            db,
+            store,
+            embedder,
+            model_check: Arc::default(),
+        }
+    }
+
     pub async fn report(&self) -> HealthReport {
         let broker = self.producer.probe().await;
         let database = sluice_core::db::probe(&self.db).await;
-        let store = self.store.health().await.map(|()| self.store.kind());
-        // The model is loaded at start; that it still embeds is the check.
-        let embedder = self.embedder.clone();
-        let model = tokio::task::spawn_blocking(move || {
-            embedder
-                .embed(&["health"])
-                .map(|v| format!("{} dimensions", v[0].len()))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        let store = self
+            .store
+            .health()
+            .await
+            .map(|()| self.store.kind())
+            .map_err(|e| Chain(&e).to_string());
+        let model = self.model().await;
         HealthReport::new(BTreeMap::from([
             ("broker".to_owned(), Dependency::from_result(broker)),
             ("database".to_owned(), Dependency::from_result(database)),
             ("vector_store".to_owned(), Dependency::from_result(store)),
             ("model".to_owned(), Dependency::from_result(model)),
         ]))
+    }
+
+    /// The model is loaded at start; that it still embeds is the check, run at most every
+    /// [`MODEL_CHECK_EVERY`].
+    async fn model(&self) -> Result<String, String> {
+        let mut last = self.model_check.lock().await;
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < MODEL_CHECK_EVERY {
+                return result.clone();
+            }
+        }
+        let embedder = self.embedder.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            embedder
+                .embed(&["health"])
+                .map(|v| format!("{} dimensions", v[0].len()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| Chain(&e).to_string()));
+        *last = Some((Instant::now(), result.clone()));
+        result
     }
 
     /// Keeps the gRPC health service in step with the dependencies until shutdown, when every

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use sluice_core::embed::Embedder;
 use sluice_core::proto::search_service_server::SearchService;
 use sluice_core::proto::{SearchHit, SearchRequest, SearchResponse};
+use sluice_core::telemetry::Chain;
 use sluice_core::vector::{VectorQuery, VectorStore};
+use sluice_embed::Embedder;
 use tonic::{Request, Response, Status};
 
 use crate::ingest::validate::attribute_key;
@@ -70,7 +71,7 @@ impl SearchService for SearchApi {
         let vector = tokio::task::spawn_blocking(move || embedder.embed(&[query.as_str()]))
             .await
             .map_err(|e| Status::internal(format!("embedding task: {e}")))?
-            .map_err(|e| Status::unavailable(format!("embedding model: {e}")))?
+            .map_err(|e| Status::unavailable(format!("embedding model: {}", Chain(&e))))?
             .pop()
             .ok_or_else(|| Status::internal("embedding model returned nothing"))?;
         let hits = self
@@ -86,7 +87,15 @@ impl SearchService for SearchApi {
                 attributes: request.attribute_filter.into_iter().collect(),
             })
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            // UNAVAILABLE (retry) only when the store is unreachable; otherwise a retry fails too.
+            .map_err(|e| {
+                let message = Chain(&e).to_string();
+                if e.is_unavailable() {
+                    Status::unavailable(message)
+                } else {
+                    Status::internal(message)
+                }
+            })?;
         let hits = hits
             .into_iter()
             .map(|hit| SearchHit {

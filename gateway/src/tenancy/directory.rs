@@ -6,6 +6,7 @@
 //! change or a revocation made with `sluice-admin` on any machine reaches every gateway
 //! instance within seconds, with no restart and no message bus of its own.
 
+use sluice_core::telemetry::Chain;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -66,7 +67,7 @@ impl TenantDirectory {
                     }
                     Err(error) => {
                         if !failing.swap(true, Ordering::Relaxed) {
-                            tracing::error!(%error, "cannot refresh the tenant registry; using the last copy");
+                            tracing::error!(error = %Chain(&error), "cannot refresh the tenant registry; using the last copy");
                         }
                     }
                 }

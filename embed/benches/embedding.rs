@@ -1,17 +1,17 @@
 // Embedding throughput of all-MiniLM-L6-v2 on 256-token chunks, the size the worker produces.
 //
-//     cargo bench -p sluice-worker --bench embedding
+//     cargo bench --workspace --bench embedding --profile dev   # reuses the test build
 //
 // Reads the model from $SLUICE_MODEL_DIR, else ~/.cache/sluice/model (deploy/dev/install
-// puts it there). Uses every core, as the worker does; RAYON_NUM_THREADS caps the threads of
-// candle's matrix multiplications. For comparison on a 2-core machine: sentence-transformers
+// puts it there). Uses every core, as the worker does; RAYON_NUM_THREADS caps the threads
+// (the embedder's kernels and candle's matrix multiplications share rayon's pool). For comparison on a 2-core machine: sentence-transformers
 // (PyTorch) ≈ 5,500 tokens/s, a plain candle BertModel ≈ 2,000 tokens/s.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sluice_core::embed::{Embedder, EmbedderOptions};
+use sluice_embed::{Embedder, EmbedderOptions};
 
 /// Tokens the model sees per chunk, `[CLS]` and `[SEP]` included.
 const TOKENS_PER_CHUNK: usize = 256;

@@ -1,0 +1,343 @@
+//! The BERT encoder: its weights, read out of `model.safetensors`, and one forward pass over a
+//! batch of packed texts. Matrix multiplications go through candle; the rest through
+//! [`kernels`](crate::kernels), on every core.
+
+use std::path::Path;
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_transformers::models::bert::{Config, HiddenAct};
+
+use crate::kernels::{add_and_norm_rows, attend_one, bias_gelu_rows, AttentionJob};
+use crate::pool::{for_each_parallel, for_each_row_block};
+use crate::{EmbedError, PackedTokens};
+
+/// BERT encoder weights. Matrices stay candle tensors (they feed its matrix multiplication);
+/// vectors are plain `Vec<f32>` for the loops below.
+pub(crate) struct Bert {
+    pub(crate) hidden: usize,
+    heads: usize,
+    word_embeddings: Vec<f32>,
+    position_embeddings: Vec<f32>,
+    token_type_embeddings: Vec<f32>,
+    embeddings_norm: LayerNorm,
+    layers: Vec<BertLayer>,
+}
+
+struct BertLayer {
+    /// Query, key and value projections fused into one matrix: one multiplication instead of three.
+    qkv: Dense,
+    attention_output: Dense,
+    attention_norm: LayerNorm,
+    intermediate: Dense,
+    output: Dense,
+    output_norm: LayerNorm,
+}
+
+/// A linear layer `x W^T + b`. The multiplication happens in candle; the bias is added by
+/// whichever loop reads the product next, saving a pass over it.
+struct Dense {
+    /// `W^T`, `(in, out)`, contiguous.
+    weight_t: Tensor,
+    bias: Vec<f32>,
+}
+
+pub(crate) struct LayerNorm {
+    pub(crate) gamma: Vec<f32>,
+    pub(crate) beta: Vec<f32>,
+    pub(crate) eps: f32,
+}
+
+/// Reads named tensors out of a safetensors file, checking their shapes.
+struct Weights {
+    tensors: std::collections::HashMap<String, Tensor>,
+    /// "" or "bert." (checkpoints saved from `BertForMaskedLM` and friends use the latter).
+    prefix: &'static str,
+}
+
+impl Weights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, EmbedError> {
+        let full = format!("{}{name}", self.prefix);
+        let tensor = self
+            .tensors
+            .get(&full)
+            .ok_or_else(|| EmbedError::Unsupported(format!("model.safetensors lacks {full}")))?;
+        if tensor.dims() != shape {
+            return Err(EmbedError::Unsupported(format!(
+                "{full} has shape {:?}, expected {shape:?}",
+                tensor.dims()
+            )));
+        }
+        tensor
+            .to_dtype(DType::F32)
+            .map_err(EmbedError::load(format!("converting {full} to f32")))
+    }
+
+    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EmbedError> {
+        self.tensor(name, shape)?
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(EmbedError::load(format!("reading {name}")))
+    }
+
+    /// Loads `{name}.weight` (`(out, in)`) of each given layer, stacked along `out`, and their
+    /// biases.
+    fn dense(&self, names: &[String], inputs: usize, outputs: usize) -> Result<Dense, EmbedError> {
+        let mut weights = Vec::new();
+        let mut bias = Vec::new();
+        for name in names {
+            weights.push(self.tensor(&format!("{name}.weight"), &[outputs, inputs])?);
+            bias.extend(self.vector(&format!("{name}.bias"), &[outputs])?);
+        }
+        let weight_t = Tensor::cat(&weights, 0)
+            .and_then(|w| w.t()?.contiguous())
+            .map_err(EmbedError::load(format!(
+                "transposing {}",
+                names.join(", ")
+            )))?;
+        Ok(Dense { weight_t, bias })
+    }
+
+    fn layer_norm(&self, name: &str, width: usize, eps: f32) -> Result<LayerNorm, EmbedError> {
+        Ok(LayerNorm {
+            gamma: self.vector(&format!("{name}.weight"), &[width])?,
+            beta: self.vector(&format!("{name}.bias"), &[width])?,
+            eps,
+        })
+    }
+}
+
+impl Bert {
+    pub(crate) fn load(path: &Path, config: &Config) -> Result<Bert, EmbedError> {
+        if config.hidden_act != HiddenAct::Gelu {
+            return Err(EmbedError::Unsupported(format!(
+                "activation {:?}; only exact GELU is implemented",
+                config.hidden_act
+            )));
+        }
+        let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
+        if heads == 0 || hidden % heads != 0 {
+            return Err(EmbedError::Unsupported(format!(
+                "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+            )));
+        }
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(EmbedError::load(format!("reading {}", path.display())))?;
+        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let w = Weights { tensors, prefix };
+        let eps = config.layer_norm_eps as f32;
+        let inter = config.intermediate_size;
+
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                let qkv_names =
+                    ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}"));
+                Ok(BertLayer {
+                    qkv: w.dense(&qkv_names, hidden, hidden)?,
+                    attention_output: w.dense(
+                        &[format!("{p}.attention.output.dense")],
+                        hidden,
+                        hidden,
+                    )?,
+                    attention_norm: w.layer_norm(
+                        &format!("{p}.attention.output.LayerNorm"),
+                        hidden,
+                        eps,
+                    )?,
+                    intermediate: w.dense(&[format!("{p}.intermediate.dense")], hidden, inter)?,
+                    output: w.dense(&[format!("{p}.output.dense")], inter, hidden)?,
+                    output_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), hidden, eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EmbedError>>()?;
+
+        Ok(Bert {
+            hidden,
+            heads,
+            word_embeddings: w.vector(
+                "embeddings.word_embeddings.weight",
+                &[config.vocab_size, hidden],
+            )?,
+            position_embeddings: w.vector(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, hidden],
+            )?,
+            token_type_embeddings: w.vector(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, hidden],
+            )?,
+            embeddings_norm: w.layer_norm("embeddings.LayerNorm", hidden, eps)?,
+            layers,
+        })
+    }
+
+    /// The last layer's output for every token, `(tokens.total(), hidden)` row-major.
+    pub(crate) fn forward(&self, tokens: &PackedTokens) -> Result<Vec<f32>, EmbedError> {
+        let mut hidden = self.embed_tokens(tokens)?;
+        for layer in &self.layers {
+            hidden = self.run_layer(layer, &hidden, tokens)?;
+        }
+        Ok(hidden.flatten_all()?.to_vec1()?)
+    }
+
+    /// Word + token-type + position embeddings, then layer norm.
+    fn embed_tokens(&self, tokens: &PackedTokens) -> Result<Tensor, EmbedError> {
+        let width = self.hidden;
+        let mut words = vec![0.0f32; tokens.total() * width];
+        let mut positions = vec![0.0f32; tokens.total() * width];
+        for (start, len) in tokens.texts() {
+            for position in 0..len {
+                let t = start + position;
+                let word = table_row(&self.word_embeddings, width, tokens.ids[t] as usize)?;
+                let kind = table_row(
+                    &self.token_type_embeddings,
+                    width,
+                    tokens.type_ids[t] as usize,
+                )?;
+                let row = &mut words[t * width..(t + 1) * width];
+                for ((o, &w), &k) in row.iter_mut().zip(word).zip(kind) {
+                    *o = w + k;
+                }
+                positions[t * width..(t + 1) * width].copy_from_slice(table_row(
+                    &self.position_embeddings,
+                    width,
+                    position,
+                )?);
+            }
+        }
+        let no_bias = vec![0.0f32; width];
+        let normed = self.add_and_norm(&words, &no_bias, &positions, &self.embeddings_norm);
+        Ok(Tensor::from_vec(
+            normed,
+            (tokens.total(), width),
+            &Device::Cpu,
+        )?)
+    }
+
+    fn run_layer(
+        &self,
+        layer: &BertLayer,
+        hidden: &Tensor,
+        tokens: &PackedTokens,
+    ) -> Result<Tensor, EmbedError> {
+        let rows = tokens.total();
+        let qkv = hidden.matmul(&layer.qkv.weight_t)?;
+        let context = with_slice(&qkv, |qkv| self.attention(qkv, &layer.qkv.bias, tokens))??;
+
+        let projected = context.matmul(&layer.attention_output.weight_t)?;
+        let attended = with_slice(&projected, |projected| {
+            with_slice(hidden, |residual| {
+                let bias = &layer.attention_output.bias;
+                self.add_and_norm(projected, bias, residual, &layer.attention_norm)
+            })
+        })??;
+        let attended = Tensor::from_vec(attended, (rows, self.hidden), &Device::Cpu)?;
+
+        let intermediate = attended.matmul(&layer.intermediate.weight_t)?;
+        let activated = with_slice(&intermediate, |x| {
+            self.bias_gelu(x, &layer.intermediate.bias)
+        })?;
+        let width = layer.intermediate.bias.len();
+        let activated = Tensor::from_vec(activated, (rows, width), &Device::Cpu)?;
+
+        let output = activated.matmul(&layer.output.weight_t)?;
+        let out = with_slice(&output, |output| {
+            with_slice(&attended, |residual| {
+                self.add_and_norm(output, &layer.output.bias, residual, &layer.output_norm)
+            })
+        })??;
+        Ok(Tensor::from_vec(out, (rows, self.hidden), &Device::Cpu)?)
+    }
+
+    /// Multi-head self-attention of each text with itself. `qkv` holds, per token, the query,
+    /// key and value projections (without `bias`). Returns the context vectors `(tokens, hidden)`.
+    fn attention(
+        &self,
+        qkv: &[f32],
+        bias: &[f32],
+        tokens: &PackedTokens,
+    ) -> Result<Tensor, EmbedError> {
+        let (hidden, heads) = (self.hidden, self.heads);
+        let head_dim = hidden / heads;
+        let total = tokens.total();
+        // Computed head by head, so each (head, text) writes one contiguous block.
+        let mut by_head = vec![0.0f32; heads * total * head_dim];
+        let mut jobs = Vec::new();
+        for (head, block) in by_head.chunks_mut(total * head_dim).enumerate() {
+            let mut rest = block;
+            for (start, len) in tokens.texts() {
+                let (out, tail) = rest.split_at_mut(len * head_dim);
+                rest = tail;
+                jobs.push(AttentionJob {
+                    head,
+                    start,
+                    len,
+                    out,
+                });
+            }
+        }
+        // Longest first: the expensive jobs start early and the short ones fill the gaps.
+        jobs.sort_by_key(|job| std::cmp::Reverse(job.len));
+        for_each_parallel(jobs, |job| attend_one(qkv, bias, hidden, head_dim, job));
+
+        // (heads, tokens, head_dim) -> (tokens, heads * head_dim), the layout BERT expects.
+        Ok(
+            Tensor::from_vec(by_head, (heads, total, head_dim), &Device::Cpu)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((total, hidden))?,
+        )
+    }
+
+    /// `layer_norm(x + bias + residual)` row by row.
+    fn add_and_norm(
+        &self,
+        x: &[f32],
+        bias: &[f32],
+        residual: &[f32],
+        norm: &LayerNorm,
+    ) -> Vec<f32> {
+        let width = bias.len();
+        let mut out = vec![0.0f32; x.len()];
+        for_each_row_block(&mut out, width, |first_row, block| {
+            let range = first_row * width..first_row * width + block.len();
+            add_and_norm_rows(&x[range.clone()], bias, &residual[range], norm, block);
+        });
+        out
+    }
+
+    /// `gelu(x + bias)` row by row.
+    fn bias_gelu(&self, x: &[f32], bias: &[f32]) -> Vec<f32> {
+        let width = bias.len();
+        let mut out = vec![0.0f32; x.len()];
+        for_each_row_block(&mut out, width, |first_row, block| {
+            let start = first_row * width;
+            bias_gelu_rows(&x[start..start + block.len()], bias, block);
+        });
+        out
+    }
+}
+
+/// Row `index` of an embedding table with rows of `width` values.
+fn table_row(table: &[f32], width: usize, index: usize) -> Result<&[f32], EmbedError> {
+    table
+        .get(index * width..(index + 1) * width)
+        .ok_or_else(|| {
+            EmbedError::Inference(format!("id {index} is outside the embedding table").into())
+        })
+}
+
+/// Runs `f` on the contents of a contiguous f32 CPU tensor without copying them out.
+fn with_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, EmbedError> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Ok(f(&data[start..end])),
+        _ => Err(EmbedError::Inference(
+            "expected a contiguous f32 tensor on the CPU".into(),
+        )),
+    }
+}

@@ -1,0 +1,111 @@
+//! Small helpers: requests as a tenant, documents, reading statuses, waiting for events.
+
+use std::time::Duration;
+
+use sluice_core::proto::ingest_service_client::IngestServiceClient;
+use sluice_core::proto::{document::Payload, Document, Ingestion, IngestionState};
+use tonic::transport::Channel;
+
+/// A request acting for `tenant` (development-mode header).
+pub fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        sluice_gateway::tenancy::auth::TENANT_HEADER,
+        tenant.parse().expect("ascii tenant"),
+    );
+    request
+}
+
+/// A document in the default schema, as Avro JSON.
+pub fn document(id: &str, title: &str, text: &str) -> Document {
+    let json = serde_json::json!({ "title": title, "text": text, "source": "tests" });
+    Document {
+        document_id: id.into(),
+        payload: Some(Payload::AvroJson(json.to_string())),
+        ..Default::default()
+    }
+}
+
+pub fn state(ingestion: &Ingestion) -> IngestionState {
+    IngestionState::try_from(ingestion.state).unwrap_or(IngestionState::Unspecified)
+}
+
+/// The google.rpc.BadRequest field paths of an INVALID_ARGUMENT status.
+pub fn bad_request_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Asks GetIngestion (as `tenant`, through the development header) until the ingestion has
+/// ended; panics after `timeout`.
+pub async fn ended(
+    ingest: &IngestServiceClient<Channel>,
+    tenant: &str,
+    ingestion_id: &str,
+    timeout: Duration,
+) -> Ingestion {
+    eventually(ingestion_id, timeout, || {
+        let mut ingest = ingest.clone();
+        let request = as_tenant(
+            tenant,
+            sluice_core::proto::GetIngestionRequest {
+                ingestion_id: ingestion_id.to_owned(),
+            },
+        );
+        async move {
+            let ingestion = ingest.get_ingestion(request).await.ok()?.into_inner();
+            (state(&ingestion) != IngestionState::Accepted).then_some(ingestion)
+        }
+    })
+    .await
+}
+
+/// Asserts that each of `documents` has exactly `points` points in the store.
+pub async fn assert_points(
+    store: &dyn sluice_core::vector::VectorStore,
+    tenant: &str,
+    documents: impl IntoIterator<Item = String>,
+    points: u64,
+) {
+    for document in documents {
+        let count = store
+            .count_document(tenant, &document)
+            .await
+            .expect("count points");
+        assert_eq!(count, points, "points of {document}");
+    }
+}
+
+/// How long to wait before retrying a call refused over the tenant's rate
+/// (RESOURCE_EXHAUSTED), as its google.rpc.RetryInfo advises; `None` for any other refusal.
+pub fn rate_retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    (status.code() == tonic::Code::ResourceExhausted).then(|| {
+        status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+            .unwrap_or(Duration::from_millis(100))
+    })
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
