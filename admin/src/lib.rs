@@ -147,6 +147,9 @@ struct QuotaFlags {
     /// Largest top_k of one search.
     #[arg(long)]
     max_top_k: Option<u32>,
+    /// Calls per second other than ingestions (searches, lookups, watches, schemas).
+    #[arg(long)]
+    requests_per_second: Option<u32>,
 }
 
 impl From<QuotaFlags> for QuotaUpdate {
@@ -157,6 +160,7 @@ impl From<QuotaFlags> for QuotaUpdate {
             max_payload_bytes: flags.max_payload_bytes,
             max_watch_streams: flags.max_watch_streams,
             max_top_k: flags.max_top_k,
+            requests_per_second: flags.requests_per_second,
         }
     }
 }
@@ -424,6 +428,7 @@ async fn tenant(cli: &Cli, command: &TenantCommand) -> anyhow::Result<()> {
                 "MAX PAYLOAD",
                 "WATCHES",
                 "TOP K",
+                "CALLS/S",
             ];
             let rows = tenants
                 .iter()
@@ -438,6 +443,7 @@ async fn tenant(cli: &Cli, command: &TenantCommand) -> anyhow::Result<()> {
                         q.max_payload_bytes.to_string(),
                         q.max_watch_streams.to_string(),
                         q.max_top_k.to_string(),
+                        q.requests_per_second.to_string(),
                     ]
                 })
                 .collect();
@@ -625,6 +631,7 @@ fn print_quotas(q: &Quotas) {
     println!("  max_payload_bytes     {}", q.max_payload_bytes);
     println!("  max_watch_streams     {}", q.max_watch_streams);
     println!("  max_top_k             {}", q.max_top_k);
+    println!("  requests_per_second   {}", q.requests_per_second);
 }
 
 fn print_identity(identity: &CertificateIdentity) {

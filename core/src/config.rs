@@ -317,12 +317,17 @@ impl Default for TlsConfig {
 pub struct TenantsConfig {
     /// How often the copy is refreshed, in milliseconds. Default 1000.
     pub refresh_interval_ms: u64,
+    /// How long the copy is trusted when the database cannot be read, in milliseconds; after
+    /// that every call is refused UNAVAILABLE (a revocation made meanwhile would go unseen)
+    /// and `/healthz` says why. Default 30000.
+    pub grace_period_ms: u64,
 }
 
 impl Default for TenantsConfig {
     fn default() -> Self {
         Self {
             refresh_interval_ms: 1000,
+            grace_period_ms: 30_000,
         }
     }
 }

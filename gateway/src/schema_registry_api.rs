@@ -36,6 +36,7 @@ use sluice_core::tenant::TenantId;
 use tonic::metadata::MetadataMap;
 
 use crate::tenancy::auth::{Authenticator, TENANT_HEADER};
+use crate::tenancy::quota::QuotaGate;
 
 /// The content type of every response (Confluent's v1 API).
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -54,6 +55,7 @@ struct Api {
     registry: Arc<BuiltinRegistry>,
     naming: SubjectNaming,
     auth: Authenticator,
+    quotas: Arc<QuotaGate>,
 }
 
 type Shared = Arc<Api>;
@@ -64,11 +66,13 @@ pub fn router(
     registry: Arc<BuiltinRegistry>,
     naming: SubjectNaming,
     auth: Authenticator,
+    quotas: Arc<QuotaGate>,
 ) -> Router {
     let api = Arc::new(Api {
         registry,
         naming,
         auth,
+        quotas,
     });
     Router::new()
         .route("/", get(root))
@@ -144,10 +148,12 @@ impl FromRequestParts<Shared> for Tenant {
             parts.extensions.clone(),
             (),
         );
-        api.auth
-            .tenant(&request)
-            .map(Tenant)
-            .map_err(ApiError::refused)
+        // Each call counts against the tenant's requests_per_second, as gRPC calls do.
+        let caller = api.auth.caller(&request).map_err(ApiError::refused)?;
+        api.quotas
+            .request(&caller, "the schema registry REST API")
+            .map_err(ApiError::refused)?;
+        Ok(Tenant(caller.tenant))
     }
 }
 
@@ -408,6 +414,7 @@ impl ApiError {
         let (http, code) = match status.code() {
             tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, 40101),
             tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, 40301),
+            tonic::Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, 42901),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
         };
         Self::new(http, code, status.message())
@@ -866,6 +873,7 @@ mod tests {
                 registry,
                 SubjectNaming::default(),
                 Authenticator::dev_header(directory),
+                Arc::new(crate::tenancy::quota::QuotaGate::new()),
             );
             Self { app, _dir: dir }
         }

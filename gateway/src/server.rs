@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::ingest::appender::{self, Appender};
 use crate::ingest::completions;
@@ -34,6 +33,7 @@ use crate::ingest::validate::Validator;
 use crate::services::health::HealthChecker;
 use crate::services::schemas::SchemaApi;
 use crate::services::search::SearchApi;
+use crate::tenancy::admission::Admission;
 use crate::tenancy::auth::{Authenticator, TENANT_HEADER};
 use crate::tenancy::directory::TenantDirectory;
 use crate::tenancy::quota::QuotaGate;
@@ -64,7 +64,8 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let directory = TenantDirectory::load(Tenants::new(shared.db.clone()))
             .await
-            .context("reading the tenant registry")?;
+            .context("reading the tenant registry")?
+            .with_grace(Duration::from_millis(config.tenants.grace_period_ms));
         let directory_task = directory.spawn_refresher(
             Duration::from_millis(config.tenants.refresh_interval_ms.max(100)),
             shutdown.clone(),
@@ -150,6 +151,7 @@ impl Gateway {
                 registry,
                 shared.schemas.naming().clone(),
                 authenticator.clone(),
+                quotas.clone(),
             )
             // A change through REST is seen by the next document at once, as through gRPC.
             .layer(axum::middleware::from_fn(
@@ -169,7 +171,7 @@ impl Gateway {
         });
         let search = SearchApi {
             auth: authenticator.clone(),
-            quotas,
+            quotas: quotas.clone(),
             embedder: shared.embedder.clone(),
             store: shared.store.clone(),
             max_top_k: config.gateway.max_top_k,
@@ -181,6 +183,7 @@ impl Gateway {
             shared.db.clone(),
             shared.store.clone(),
             shared.embedder.clone(),
+            authenticator.directory().clone(),
         );
         let health_driver = tokio::spawn(
             checker
@@ -208,13 +211,10 @@ impl Gateway {
         let health_addr = health_listener.local_addr()?;
 
         let gateway = &config.gateway;
-        // Who is calling is decided on the headers, before the request body is read: a
-        // caller that will be refused costs no more than its headers. (The services ask
-        // again for the quotas in force; that is a lookup in the same snapshot.)
-        let admit = {
-            let auth = authenticator.clone();
-            move |request: tonic::Request<()>| auth.caller(&request).map(|_| request)
-        };
+        // Who is calling, and whether they may call now, is decided on the headers, before
+        // the body is read. (The services ask again for the quotas in force; that is a
+        // lookup in the same snapshot.)
+        let admission = Admission::new(authenticator.clone(), quotas.clone());
         let limits = message_limits(gateway);
         let largest = limits.largest();
         let mut server = tonic::transport::Server::builder()
@@ -223,21 +223,13 @@ impl Gateway {
             .http2_keepalive_interval(Some(Duration::from_secs(gateway.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(gateway.keepalive_timeout_secs)))
             .tcp_keepalive(Some(Duration::from_secs(60)))
+            .layer(admission)
             .layer(limits);
         let router = server
             .add_routes(registry_routes.unwrap_or_default())
-            .add_service(InterceptedService::new(
-                IngestServiceServer::new(ingest).max_decoding_message_size(largest),
-                admit.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                SearchServiceServer::new(search).max_decoding_message_size(largest),
-                admit.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                SchemaServiceServer::new(schema_api).max_decoding_message_size(largest),
-                admit,
-            ))
+            .add_service(IngestServiceServer::new(ingest).max_decoding_message_size(largest))
+            .add_service(SearchServiceServer::new(search).max_decoding_message_size(largest))
+            .add_service(SchemaServiceServer::new(schema_api).max_decoding_message_size(largest))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

@@ -135,3 +135,96 @@ async fn limits_are_enforced_and_follow_the_registry() {
 
     stack.shutdown().await;
 }
+
+/// Every call has a per-tenant rate, not only ingestions: past `requests_per_second`,
+/// GetIngestion, Search and WatchIngestions are refused RESOURCE_EXHAUSTED with RetryInfo
+/// before they do any work, while ingestions (counted in documents) go on. A call that waits
+/// (`wait = true`) holds a watch stream's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_has_a_rate_and_waiting_calls_count_as_watchers() {
+    let stack = Stack::start_tls(Database::Sqlite, &["acme"]).await;
+    let tenants = stack.tenants().await;
+    tenants
+        .set_quotas(
+            "tests",
+            &tenant_id("acme"),
+            QuotaUpdate {
+                requests_per_second: Some(4),
+                max_watch_streams: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let channel = stack.client_channel("acme").await;
+    let mut ingest = IngestServiceClient::new(channel.clone());
+    let mut search = SearchServiceClient::new(channel);
+    // Once the gateway's copy of the registry has the new quota, a burst of lookups runs
+    // into it.
+    let limited = eventually(
+        "the requests_per_second quota",
+        Duration::from_secs(10),
+        || {
+            let mut ingest = ingest.clone();
+            async move {
+                for _ in 0..10 {
+                    let lookup = ingest
+                        .get_ingestion(sluice_core::proto::GetIngestionRequest {
+                            ingestion_id: "none".into(),
+                        })
+                        .await
+                        .unwrap_err();
+                    if lookup.code() == Code::ResourceExhausted {
+                        return Some(lookup);
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await;
+    let details = limited.get_error_details();
+    assert_eq!(
+        details.quota_failure().expect("QuotaFailure").violations[0].subject,
+        "requests_per_second"
+    );
+    assert!(details.retry_info().is_some(), "{limited:?}");
+    let refused = search
+        .search(SearchRequest {
+            query: "anything".into(),
+            top_k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Ingestions count documents, not calls.
+    ingest
+        .ingest(note("still-accepted"))
+        .await
+        .expect("an ingestion while calls are limited");
+
+    // wait = true takes the one watch place: a second waiting call is refused meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let watch = ingest
+        .watch_ingestions(WatchIngestionsRequest::default())
+        .await
+        .expect("the one watch stream");
+    let mut waiting = note("waits");
+    waiting.wait = true;
+    let refused = ingest.ingest(waiting.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    drop(watch);
+    let indexed = eventually(
+        "the watch place given back",
+        Duration::from_secs(10),
+        || {
+            let mut ingest = ingest.clone();
+            let waiting = waiting.clone();
+            async move { ingest.ingest(waiting).await.ok() }
+        },
+    )
+    .await;
+    assert!(indexed.into_inner().ingestion.is_some());
+    stack.shutdown().await;
+}

@@ -371,3 +371,102 @@ async fn tls_files_reload_without_dropping_open_streams() {
     );
     stack.shutdown().await;
 }
+
+/// A suspension ends the tenant's open watch streams, not only its new calls; and when the
+/// registry cannot be read for longer than the grace period the gateway fails closed: calls
+/// are refused UNAVAILABLE and `/healthz` names the registry, until it can be read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_ends_open_streams_and_an_unreadable_registry_fails_closed() {
+    let stack = Stack::start_tls_configured(Database::Sqlite, &["acme", "other"], |config| {
+        config.tenants.grace_period_ms = 1_500;
+    })
+    .await;
+    let tenants = stack.tenants().await;
+    let mut acme = IngestServiceClient::new(stack.client_channel("acme").await);
+    let mut other = IngestServiceClient::new(stack.client_channel("other").await);
+    let mut stream = acme
+        .watch_ingestions(WatchIngestionsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+
+    tenants
+        .set_state("tests", &tenant_id("acme"), TenantState::Suspended)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the open stream ended within 10 s of the suspension")
+        .expect("an answer before the end");
+    let status = ended.expect_err("the stream ends with the refusal");
+    println!(
+        "watch stream ended {:?} after the suspension: {status:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("suspended"), "{status:?}");
+
+    // The registry becomes unreadable: after the grace period every call is refused.
+    let db = sluice_core::db::connect(&stack.config.database_url())
+        .await
+        .unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared("ALTER TABLE tenants RENAME TO tenants_away")
+        .await
+        .unwrap();
+    let refused = eventually(
+        "calls refused after the grace period",
+        Duration::from_secs(10),
+        || {
+            let mut other = other.clone();
+            async move {
+                let answer = other
+                    .get_ingestion(GetIngestionRequest {
+                        ingestion_id: "x".into(),
+                    })
+                    .await
+                    .unwrap_err();
+                (answer.code() == Code::Unavailable).then_some(answer)
+            }
+        },
+    )
+    .await;
+    assert!(refused.message().contains("tenant registry"), "{refused:?}");
+    let health = format!("http://{}/healthz", stack.standalone().gateway.health_addr);
+    let report = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "20", &health])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        report["dependencies"]["tenant_registry"]["status"], "down",
+        "{report}"
+    );
+
+    db.execute_unprepared("ALTER TABLE tenants_away RENAME TO tenants")
+        .await
+        .unwrap();
+    eventually("calls served again", Duration::from_secs(10), || {
+        let mut other = other.clone();
+        async move {
+            let answer = other
+                .get_ingestion(GetIngestionRequest {
+                    ingestion_id: "x".into(),
+                })
+                .await
+                .unwrap_err();
+            (answer.code() == Code::NotFound).then_some(())
+        }
+    })
+    .await;
+    let ingested = other
+        .ingest(IngestRequest {
+            document: Some(document("back", "back", "Served again.")),
+            ..Default::default()
+        })
+        .await;
+    assert!(ingested.is_ok(), "{ingested:?}");
+    stack.shutdown().await;
+}

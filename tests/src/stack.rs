@@ -72,6 +72,15 @@ impl Stack {
     /// mTLS, as in production: `tenants` are registered (active, default quotas) and
     /// [`Stack::client_channel`] connects with a certificate for one of them.
     pub async fn start_tls(database: Database, tenants: &[&str]) -> Stack {
+        Self::start_tls_configured(database, tenants, |_| {}).await
+    }
+
+    /// Like [`Stack::start_tls`], with the configuration changed by `configure` last.
+    pub async fn start_tls_configured(
+        database: Database,
+        tenants: &[&str],
+        configure: impl FnOnce(&mut Config),
+    ) -> Stack {
         let (broker, data_dir, mut config) = Self::prepare(database).await;
         let pki = TestPki::create(&data_dir.path().join("tls"));
         config.gateway.dev_tenant_header = false;
@@ -87,6 +96,7 @@ impl Stack {
                 .await
                 .expect("create tenant");
         }
+        configure(&mut config);
         Self::launch(broker, data_dir, config, Some(pki)).await
     }
 

@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateTenantRegistry),
             Box::new(CreateIngestionEvents),
             Box::new(CreateSchemaRegistry),
+            Box::new(AddRequestsPerSecond),
         ]
     }
 }
@@ -101,6 +102,7 @@ enum Tenants {
     MaxPayloadBytes,
     MaxWatchStreams,
     MaxTopK,
+    RequestsPerSecond,
     CreatedAtMs,
     UpdatedAtMs,
 }
@@ -464,5 +466,29 @@ impl MigrationTrait for CreateSchemaRegistry {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A rate for every call that is not an ingestion (searches, lookups, watches, schemas).
+/// Existing tenants get the default quota (1,000).
+struct AddRequestsPerSecond;
+
+impl MigrationName for AddRequestsPerSecond {
+    fn name(&self) -> &str {
+        "m20261216_000005_add_requests_per_second"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddRequestsPerSecond {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Tenants::Table)
+                    .add_column(big_integer(Tenants::RequestsPerSecond).default(1000))
+                    .to_owned(),
+            )
+            .await
     }
 }

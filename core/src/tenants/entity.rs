@@ -17,6 +17,8 @@ pub mod tenant {
         pub max_payload_bytes: i64,
         pub max_watch_streams: i64,
         pub max_top_k: i64,
+        /// Added by a later migration; rows from before it got the default, 1,000.
+        pub requests_per_second: i64,
         pub created_at_ms: i64,
         pub updated_at_ms: i64,
     }

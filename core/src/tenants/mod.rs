@@ -38,6 +38,9 @@ pub struct Quotas {
     pub max_payload_bytes: u64,
     pub max_watch_streams: u32,
     pub max_top_k: u32,
+    /// Calls per second other than Ingest and IngestBatch (which count documents): Search,
+    /// GetIngestion, DeleteDocument, WatchIngestions, the SchemaService and the REST API.
+    pub requests_per_second: u32,
 }
 
 impl Default for Quotas {
@@ -48,6 +51,7 @@ impl Default for Quotas {
             max_payload_bytes: 4 * 1024 * 1024,
             max_watch_streams: 16,
             max_top_k: 100,
+            requests_per_second: 1000,
         }
     }
 }
@@ -63,6 +67,9 @@ impl Quotas {
             max_payload_bytes: update.max_payload_bytes.unwrap_or(self.max_payload_bytes),
             max_watch_streams: update.max_watch_streams.unwrap_or(self.max_watch_streams),
             max_top_k: update.max_top_k.unwrap_or(self.max_top_k),
+            requests_per_second: update
+                .requests_per_second
+                .unwrap_or(self.requests_per_second),
         }
     }
 
@@ -75,6 +82,7 @@ impl Quotas {
             ("max_payload_bytes", self.max_payload_bytes),
             ("max_watch_streams", u64::from(self.max_watch_streams)),
             ("max_top_k", u64::from(self.max_top_k)),
+            ("requests_per_second", u64::from(self.requests_per_second)),
         ];
         for (name, value) in quotas {
             if value == 0 {
@@ -101,6 +109,7 @@ pub struct QuotaUpdate {
     pub max_payload_bytes: Option<u64>,
     pub max_watch_streams: Option<u32>,
     pub max_top_k: Option<u32>,
+    pub requests_per_second: Option<u32>,
 }
 
 impl QuotaUpdate {
@@ -747,6 +756,7 @@ fn tenant_row(tenant: &Tenant) -> tenant::Model {
         max_payload_bytes: q.max_payload_bytes as i64,
         max_watch_streams: i64::from(q.max_watch_streams),
         max_top_k: i64::from(q.max_top_k),
+        requests_per_second: i64::from(q.requests_per_second),
         created_at_ms: tenant.created_at_ms,
         updated_at_ms: tenant.updated_at_ms,
     }
@@ -760,6 +770,7 @@ fn tenant_from_row(row: tenant::Model) -> Result<Tenant, TenantError> {
         max_payload_bytes: stored_quota(&id, "max_payload_bytes", row.max_payload_bytes)?,
         max_watch_streams: stored_quota(&id, "max_watch_streams", row.max_watch_streams)?,
         max_top_k: stored_quota(&id, "max_top_k", row.max_top_k)?,
+        requests_per_second: stored_quota(&id, "requests_per_second", row.requests_per_second)?,
     };
     Ok(Tenant {
         id,

@@ -31,7 +31,7 @@ use crate::ingest::recorder::Recorder;
 use crate::ingest::validate::{self, Refusal, Validator};
 use crate::ingest::watch::{EventTail, WATCH_PAGE};
 use crate::services::status::{self, invalid_argument, Violation};
-use crate::tenancy::auth::Authenticator;
+use crate::tenancy::auth::{Authenticator, Credentials};
 use crate::tenancy::quota::QuotaGate;
 
 /// How long `wait = true` waits when the client set no deadline.
@@ -39,6 +39,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 /// A waiting call answers this much before the client's deadline, so the answer (naming the
 /// ingestion) arrives before the client gives up.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+/// How often a waiting call asks again whether its caller may still call.
+const RECHECK: Duration = Duration::from_secs(1);
 
 pub struct IngestApi {
     pub auth: Authenticator,
@@ -105,13 +107,15 @@ impl IngestApi {
         Ok(rows.iter().map(to_proto).collect())
     }
 
-    /// Waits for the ingestion to end, within the client's deadline.
+    /// Waits for the ingestion to end, within the client's deadline, while the caller may
+    /// still call (checked every [`RECHECK`]).
     async fn wait_for_end(
         &self,
         tenant: &TenantId,
         mut events: broadcast::Receiver<TenantEvent>,
         ingestion: Ingestion,
         deadline: Option<Instant>,
+        credentials: Credentials,
     ) -> Result<Ingestion, Status> {
         let until = deadline
             .map(|d| d - DEADLINE_MARGIN)
@@ -137,6 +141,7 @@ impl IngestApi {
                         "gateway is shutting down; ingestion {id} is accepted (durably in Kafka), follow it on another instance"
                     )));
                 }
+                _ = tokio::time::sleep(RECHECK) => credentials.check()?,
                 _ = tokio::time::sleep_until(until) => {
                     if let Some(done) = self.ended(tenant, &id).await? {
                         return Ok(done);
@@ -162,18 +167,19 @@ impl IngestApi {
         tenant: &TenantId,
         record: DocumentRecord,
         idempotency_key: Option<String>,
-        wait: bool,
+        wait: Option<Credentials>,
         deadline: Option<Instant>,
     ) -> Result<Ingestion, Status> {
         // Subscribe before writing so the completion cannot slip past.
-        let events = wait.then(|| self.hub.subscribe());
+        let events = wait.map(|credentials| (self.hub.subscribe(), credentials));
         let ingestion = self
             .accept(tenant, std::slice::from_ref(&record), vec![idempotency_key])
             .await?
             .remove(0);
         match events {
-            Some(events) if !is_terminal(&ingestion) => {
-                self.wait_for_end(tenant, events, ingestion, deadline).await
+            Some((events, credentials)) if !is_terminal(&ingestion) => {
+                self.wait_for_end(tenant, events, ingestion, deadline, credentials)
+                    .await
             }
             _ => Ok(ingestion),
         }
@@ -190,6 +196,10 @@ impl IngestService for IngestApi {
     ) -> Result<Response<IngestResponse>, Status> {
         let caller = self.auth.caller(&request)?;
         let deadline = deadline_of(&request);
+        let credentials = request
+            .get_ref()
+            .wait
+            .then(|| self.auth.credentials(&request));
         let request = request.into_inner();
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
             .map_err(|v| invalid_argument(&v))?;
@@ -198,6 +208,11 @@ impl IngestService for IngestApi {
             .ok_or_else(|| invalid_argument(&[Violation::new("document", "required")]))?;
         let size = document.encoded_len();
         self.quotas.payload_size(&caller, "document", size)?;
+        // A call that waits holds a watch stream's place while it waits.
+        let _waiting = request
+            .wait
+            .then(|| self.quotas.open_watch(&caller))
+            .transpose()?;
         self.quotas.admit(&caller, 1, size)?;
         let tenant = caller.tenant;
         let record = self
@@ -205,7 +220,7 @@ impl IngestService for IngestApi {
             .document(&tenant, document, "document")
             .await?;
         let ingestion = self
-            .accept_one(&tenant, record, key, request.wait, deadline)
+            .accept_one(&tenant, record, key, credentials, deadline)
             .await?;
         Ok(Response::new(IngestResponse {
             ingestion: Some(ingestion),
@@ -271,14 +286,22 @@ impl IngestService for IngestApi {
         let caller = self.auth.caller(&request)?;
         // A deletion travels through Kafka like a document, so it counts as one.
         self.quotas.admit(&caller, 1, 0)?;
-        let tenant = caller.tenant;
         let deadline = deadline_of(&request);
+        let credentials = request
+            .get_ref()
+            .wait
+            .then(|| self.auth.credentials(&request));
         let request = request.into_inner();
+        let _waiting = request
+            .wait
+            .then(|| self.quotas.open_watch(&caller))
+            .transpose()?;
+        let tenant = caller.tenant;
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
             .map_err(|v| invalid_argument(&v))?;
         let record = self.validator.deletion(&tenant, &request.document_id)?;
         let ingestion = self
-            .accept_one(&tenant, record, key, request.wait, deadline)
+            .accept_one(&tenant, record, key, credentials, deadline)
             .await?;
         Ok(Response::new(DeleteDocumentResponse {
             ingestion: Some(ingestion),
@@ -312,6 +335,7 @@ impl IngestService for IngestApi {
         request: Request<WatchIngestionsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let caller = self.auth.caller(&request)?;
+        let credentials = self.auth.credentials(&request);
         // Held for as long as the stream is open.
         let permit = self.quotas.open_watch(&caller)?;
         let tenant = caller.tenant;
@@ -370,6 +394,7 @@ impl IngestService for IngestApi {
             wake,
             shutdown: self.shutdown.clone(),
             sender,
+            credentials,
         };
         tokio::spawn(async move {
             let _permit = permit;

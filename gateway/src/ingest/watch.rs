@@ -16,6 +16,7 @@ use tonic::Status;
 use crate::ingest::hub::{self, is_terminal, TenantEvent};
 use crate::ingest::service::{timestamp, to_proto};
 use crate::services::status;
+use crate::tenancy::auth::Credentials;
 
 /// Events a watch stream reads from the log per query.
 pub(super) const WATCH_PAGE: u64 = 256;
@@ -36,6 +37,9 @@ pub(super) struct EventTail {
     pub(super) wake: broadcast::Receiver<TenantEvent>,
     pub(super) shutdown: CancellationToken,
     pub(super) sender: mpsc::Sender<Result<IngestionEvent, Status>>,
+    /// Checked before every page (at least every [`WATCH_POLL`]): the stream ends with the
+    /// refusal once the caller may no longer call.
+    pub(super) credentials: Credentials,
 }
 
 impl EventTail {
@@ -46,6 +50,10 @@ impl EventTail {
             }
         }
         loop {
+            if let Err(refused) = self.credentials.check() {
+                let _ = self.sender.send(Err(refused)).await;
+                return;
+            }
             let page = match projection::events_after(
                 &self.db,
                 self.tenant.as_str(),

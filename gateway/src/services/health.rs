@@ -23,6 +23,7 @@ use tonic_health::server::HealthReporter;
 use crate::ingest::service::IngestApi;
 use crate::services::schemas::SchemaApi;
 use crate::services::search::SearchApi;
+use crate::tenancy::directory::TenantDirectory;
 
 /// How often the gRPC health status is refreshed.
 const REFRESH: Duration = Duration::from_secs(5);
@@ -40,6 +41,7 @@ pub struct HealthChecker {
     db: DatabaseConnection,
     store: Arc<dyn VectorStore>,
     embedder: Arc<Embedder>,
+    directory: TenantDirectory,
     /// The model's last check and when it ran; one check at a time.
     model_check: Arc<tokio::sync::Mutex<Option<ModelCheck>>>,
 }
@@ -50,12 +52,14 @@ impl HealthChecker {
         db: DatabaseConnection,
         store: Arc<dyn VectorStore>,
         embedder: Arc<Embedder>,
+        directory: TenantDirectory,
     ) -> Self {
         Self {
             producer,
             db,
             store,
             embedder,
+            directory,
             model_check: Arc::default(),
         }
     }
@@ -70,11 +74,20 @@ impl HealthChecker {
             .map(|()| self.store.kind())
             .map_err(|e| Chain(&e).to_string());
         let model = self.model().await;
+        let tenants = self
+            .directory
+            .current()
+            .map(|_| format!("read {} ms ago", self.directory.age().as_millis()))
+            .map_err(|stale| stale.to_string());
         HealthReport::new(BTreeMap::from([
             ("broker".to_owned(), Dependency::from_result(broker)),
             ("database".to_owned(), Dependency::from_result(database)),
             ("vector_store".to_owned(), Dependency::from_result(store)),
             ("model".to_owned(), Dependency::from_result(model)),
+            (
+                "tenant_registry".to_owned(),
+                Dependency::from_result(tenants),
+            ),
         ]))
     }
 

@@ -59,7 +59,14 @@ impl Authenticator {
 
     /// The caller, or UNAUTHENTICATED / PERMISSION_DENIED saying why not.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let snapshot = self.directory.snapshot();
+        // Fail closed: an old copy could miss a revocation or a suspension.
+        let snapshot = self.directory.current().map_err(|stale| {
+            refuse(crate::services::status::with_retry(
+                tonic::Code::Unavailable,
+                stale.to_string(),
+                std::time::Duration::from_secs(1),
+            ))
+        })?;
         let tenant = match &self.mode {
             Mode::DevHeader => {
                 let tenant = header_tenant(request)?;
@@ -117,9 +124,41 @@ impl Authenticator {
         })
     }
 
+    /// What a call that lasts (a watch stream, a waiting Ingest) needs to ask again later
+    /// whether its caller may still call.
+    pub fn credentials<T>(&self, request: &Request<T>) -> Credentials {
+        Credentials {
+            auth: self.clone(),
+            request: Request::from_parts(
+                request.metadata().clone(),
+                request.extensions().clone(),
+                (),
+            ),
+        }
+    }
+
+    /// The directory this checks against (for the health report).
+    pub fn directory(&self) -> &TenantDirectory {
+        &self.directory
+    }
+
     /// The caller's tenant (for calls that need nothing else).
     pub fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, Status> {
         self.caller(request).map(|caller| caller.tenant)
+    }
+}
+
+/// A call's metadata and certificates, kept to check it again: a revocation, a suspension or
+/// an unreadable registry ends open streams and waiting calls too, not only new ones.
+pub struct Credentials {
+    auth: Authenticator,
+    request: Request<()>,
+}
+
+impl Credentials {
+    /// UNAUTHENTICATED, PERMISSION_DENIED or UNAVAILABLE once the caller may no longer call.
+    pub fn check(&self) -> Result<(), Status> {
+        self.auth.caller(&self.request).map(|_| ())
     }
 }
 

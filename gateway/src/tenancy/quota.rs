@@ -29,6 +29,7 @@ struct Rates {
     quotas: Quotas,
     documents: Arc<Limiter>,
     bytes: Arc<Limiter>,
+    requests: Arc<Limiter>,
 }
 
 impl Rates {
@@ -37,6 +38,7 @@ impl Rates {
             quotas: *quotas,
             documents: Arc::new(per_second(u64::from(quotas.documents_per_second))),
             bytes: Arc::new(per_second(quotas.bytes_per_second)),
+            requests: Arc::new(per_second(u64::from(quotas.requests_per_second))),
         }
     }
 }
@@ -58,19 +60,37 @@ impl QuotaGate {
         Self::default()
     }
 
+    /// The caller's rate limiters, rebuilt when its quotas changed in the registry.
+    fn rates(&self, caller: &Caller) -> (Arc<Limiter>, Arc<Limiter>, Arc<Limiter>) {
+        let mut rates = self.rates.lock().expect("quota lock");
+        let rates = rates
+            .entry(caller.tenant.clone())
+            .or_insert_with(|| Rates::new(&caller.quotas));
+        if rates.quotas != caller.quotas {
+            *rates = Rates::new(&caller.quotas);
+        }
+        (
+            rates.documents.clone(),
+            rates.bytes.clone(),
+            rates.requests.clone(),
+        )
+    }
+
+    /// Admits one call that is not an ingestion (`method` names it in the refusal), or refuses
+    /// it with RESOURCE_EXHAUSTED and how long to wait.
+    pub fn request(&self, caller: &Caller, method: &str) -> Result<(), Status> {
+        let (_, _, requests) = self.rates(caller);
+        take(&requests, 1, "requests_per_second", || {
+            format!(
+                "{method}: tenant {} may make {} calls per second besides ingestions",
+                caller.tenant, caller.quotas.requests_per_second
+            )
+        })
+    }
+
     /// Admits `documents` documents of `bytes` payload bytes in all, or refuses them all.
     pub fn admit(&self, caller: &Caller, documents: usize, bytes: usize) -> Result<(), Status> {
-        let (documents_limiter, bytes_limiter) = {
-            let mut rates = self.rates.lock().expect("quota lock");
-            let rates = rates
-                .entry(caller.tenant.clone())
-                .or_insert_with(|| Rates::new(&caller.quotas));
-            // A quota changed in the registry: start over with the new rates.
-            if rates.quotas != caller.quotas {
-                *rates = Rates::new(&caller.quotas);
-            }
-            (rates.documents.clone(), rates.bytes.clone())
-        };
+        let (documents_limiter, bytes_limiter, _) = self.rates(caller);
         let quotas = &caller.quotas;
         take(
             &documents_limiter,
