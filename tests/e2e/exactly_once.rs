@@ -300,3 +300,88 @@ async fn watch_resumes_from_a_cursor_on_sqlite() {
 async fn watch_resumes_from_a_cursor_on_postgres() {
     watch_resumes_from_a_cursor(Database::Postgres).await;
 }
+
+/// A client that gives up on an Ingest at any moment (here: after 20% to 110% of a call's
+/// usual time, while its transaction is in flight) and then retries with the same idempotency key
+/// gets one record per key: the gateway records the key even when the call it came with was
+/// dropped after the Kafka commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_ingest_still_records_its_key() {
+    let stack = Stack::start(Database::Sqlite).await;
+    let ingest = stack.ingest_client().await;
+    const CALLS: u64 = 40;
+    // How long a call takes here and now (machines and loads differ): the patience below is
+    // spread around it, so that many calls are given up on while their transaction runs.
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        ingest
+            .clone()
+            .ingest(ingest_request(
+                &format!("warm-{i}"),
+                "Warm.",
+                &format!("w{i}"),
+            ))
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let typical = took[2];
+    let mut gave_up = 0;
+    for i in 0..CALLS {
+        let mut client = ingest.clone();
+        let patience = typical.mul_f64(0.2 + 0.1 * (i % 10) as f64);
+        let call = client.ingest(ingest_request(
+            &format!("c{i}"),
+            "Given up on.",
+            &format!("k{i}"),
+        ));
+        if tokio::time::timeout(patience, call).await.is_err() {
+            gave_up += 1;
+        }
+    }
+    // Some of those gave up after their records were committed: the case that matters.
+    let written_before_retries = records_per_document(&stack).await.len();
+    // Every retry with the same key answers, and none writes again.
+    let mut ids = Vec::new();
+    for i in 0..CALLS {
+        let mut client = ingest.clone();
+        let ingestion = client
+            .ingest(ingest_request(
+                &format!("c{i}"),
+                "Given up on.",
+                &format!("k{i}"),
+            ))
+            .await
+            .expect("the retry")
+            .into_inner()
+            .ingestion
+            .unwrap();
+        ids.push(ingestion.ingestion_id);
+        // A third try returns the same ingestion.
+        let again = client
+            .ingest(ingest_request(
+                &format!("c{i}"),
+                "Given up on.",
+                &format!("k{i}"),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .ingestion
+            .unwrap();
+        assert_eq!(again.ingestion_id, ids[i as usize], "c{i}");
+    }
+    let counts = records_per_document(&stack).await;
+    println!(
+        "{gave_up} of {CALLS} calls given up on; {written_before_retries} documents were in Kafka \
+         before the retries ({} of them from calls given up on)",
+        written_before_retries as u64 - 5 - (CALLS - gave_up)
+    );
+    assert!(gave_up >= 5, "only {gave_up} calls were given up on");
+    for i in 0..CALLS {
+        assert_eq!(counts.get(&format!("c{i}")), Some(&1), "c{i}: {counts:?}");
+    }
+    stack.shutdown().await;
+}

@@ -415,10 +415,9 @@ async fn suspension_ends_open_streams_and_an_unreadable_registry_fails_closed() 
     db.execute_unprepared("ALTER TABLE tenants RENAME TO tenants_away")
         .await
         .unwrap();
-    let refused = eventually(
-        "calls refused after the grace period",
-        Duration::from_secs(10),
-        || {
+    let lookup = |code: Code| {
+        let other = other.clone();
+        move || {
             let mut other = other.clone();
             async move {
                 let answer = other
@@ -427,9 +426,14 @@ async fn suspension_ends_open_streams_and_an_unreadable_registry_fails_closed() 
                     })
                     .await
                     .unwrap_err();
-                (answer.code() == Code::Unavailable).then_some(answer)
+                (answer.code() == code).then_some(answer)
             }
-        },
+        }
+    };
+    let refused = eventually(
+        "calls refused after the grace period",
+        Duration::from_secs(10),
+        lookup(Code::Unavailable),
     )
     .await;
     assert!(refused.message().contains("tenant registry"), "{refused:?}");
@@ -448,18 +452,11 @@ async fn suspension_ends_open_streams_and_an_unreadable_registry_fails_closed() 
     db.execute_unprepared("ALTER TABLE tenants_away RENAME TO tenants")
         .await
         .unwrap();
-    eventually("calls served again", Duration::from_secs(10), || {
-        let mut other = other.clone();
-        async move {
-            let answer = other
-                .get_ingestion(GetIngestionRequest {
-                    ingestion_id: "x".into(),
-                })
-                .await
-                .unwrap_err();
-            (answer.code() == Code::NotFound).then_some(())
-        }
-    })
+    eventually(
+        "calls served again",
+        Duration::from_secs(10),
+        lookup(Code::NotFound),
+    )
     .await;
     let ingested = other
         .ingest(IngestRequest {

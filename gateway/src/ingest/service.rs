@@ -68,7 +68,7 @@ impl IngestApi {
         idempotency_keys: Vec<Option<String>>,
     ) -> Result<Vec<Ingestion>, Status> {
         // Copies of one request take turns from lookup to commit.
-        let _turn = self
+        let turn = self
             .idempotency
             .turn(tenant, records, &idempotency_keys)
             .await;
@@ -80,31 +80,21 @@ impl IngestApi {
         {
             return Ok(first.iter().map(to_proto).collect());
         }
-        let positions = self
-            .appender
-            .append(records)
-            .await
-            .map_err(|e| status::transaction_failed(&e))?;
-        let rows: Vec<ingestion::Model> = records
-            .iter()
-            .zip(positions)
-            .zip(idempotency_keys)
-            .map(|((record, position), key)| projection::accepted_row(record, position, key))
-            .collect();
-        // The records are durably in Kafka: the client hears OK even if the projection lags;
-        // the completion will create the row.
-        match self.recorder.record(rows.clone()).await {
-            Ok(changes) => {
-                for change in changes {
-                    self.hub
-                        .publish(tenant.as_str(), change.seq, to_proto(&change.row));
-                }
-            }
-            Err(error) => {
-                tracing::error!(error = %Chain(&error), "accepted ingestions not recorded; completions will fill them in")
-            }
-        }
-        Ok(rows.iter().map(to_proto).collect())
+        // Writing and recording run on their own task: a client that gives up (drops the
+        // call) after the Kafka commit must not stop the idempotency key being recorded, or
+        // its retry would write a second record. The turn is held until both are done.
+        let write = Write {
+            appender: self.appender.clone(),
+            recorder: self.recorder.clone(),
+            hub: self.hub.clone(),
+        };
+        let (tenant, records) = (tenant.clone(), records.to_vec());
+        tokio::spawn(async move {
+            let _turn = turn;
+            write.run(&tenant, &records, idempotency_keys).await
+        })
+        .await
+        .map_err(|_| Status::internal("the write task failed; nothing may have been written"))?
     }
 
     /// Waits for the ingestion to end, within the client's deadline, while the caller may
@@ -183,6 +173,48 @@ impl IngestApi {
             }
             _ => Ok(ingestion),
         }
+    }
+}
+
+/// Writes accepted records to Kafka, then records them in the database and tells watchers.
+struct Write {
+    appender: Appender,
+    recorder: Recorder,
+    hub: Hub,
+}
+
+impl Write {
+    async fn run(
+        &self,
+        tenant: &TenantId,
+        records: &[DocumentRecord],
+        idempotency_keys: Vec<Option<String>>,
+    ) -> Result<Vec<Ingestion>, Status> {
+        let positions = self
+            .appender
+            .append(records)
+            .await
+            .map_err(|e| status::transaction_failed(&e))?;
+        let rows: Vec<ingestion::Model> = records
+            .iter()
+            .zip(positions)
+            .zip(idempotency_keys)
+            .map(|((record, position), key)| projection::accepted_row(record, position, key))
+            .collect();
+        // The records are durably in Kafka: the client hears OK even if the projection lags;
+        // the completion will create the row.
+        match self.recorder.record(rows.clone()).await {
+            Ok(changes) => {
+                for change in changes {
+                    self.hub
+                        .publish(tenant.as_str(), change.seq, to_proto(&change.row));
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %Chain(&error), "accepted ingestions not recorded; completions will fill them in")
+            }
+        }
+        Ok(rows.iter().map(to_proto).collect())
     }
 }
 
