@@ -207,7 +207,10 @@ pub struct CertificateIdentity {
     pub fingerprint: String,
     /// Lowercase hex, no colons, leading zero bytes stripped.
     pub serial: String,
-    /// As x509-parser displays it, e.g. `CN=alice, O=Acme`.
+    /// In x509-parser's display form, e.g. `CN=alice, O=Acme`, with the characters RFC 4514
+    /// escapes (`,` `+` `"` `\` `<` `>` `;`, and a leading `#` or space) escaped in values: a
+    /// value containing `, O=Acme` cannot pass for a second attribute, so a subject binding
+    /// matches only the structured name it was written for.
     pub subject: String,
     /// `uri:…`, `dns:…`, `email:…`, `ip:…`, in certificate order; other kinds are left out.
     pub sans: Vec<String>,
@@ -245,7 +248,7 @@ impl CertificateIdentity {
         Ok(Self {
             fingerprint: lower_hex(&Sha256::digest(der)),
             serial,
-            subject: cert.subject().to_string(),
+            subject: escaped_name(cert.subject()),
             sans,
             not_after: cert.validity().not_after.timestamp(),
         })
@@ -290,6 +293,47 @@ impl CertificateIdentity {
             Revocation::Fingerprint(self.fingerprint.clone()),
         ]
     }
+}
+
+/// A distinguished name as `CN=a, O=b` (RDNs joined by ", ", multi-valued RDNs by " + "),
+/// each value escaped as RFC 4514 requires; values that are not strings as `#` and hex.
+fn escaped_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use x509_parser::objects::{oid2abbrev, oid_registry};
+    name.iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let kind = oid2abbrev(attr.attr_type(), oid_registry())
+                        .map(str::to_owned)
+                        .unwrap_or_else(|_| attr.attr_type().to_id_string());
+                    let value = match attr.as_str() {
+                        Ok(text) => escape_value(text),
+                        Err(_) => format!("#{}", lower_hex(attr.attr_value().data)),
+                    };
+                    format!("{kind}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// RFC 4514 section 2.4: a backslash before `"` `+` `,` `;` `<` `>` `\`, a leading `#` or
+/// space and a trailing space.
+fn escape_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn spiffe_uri(trust_domain: &str, tenant: &str) -> String {
@@ -373,6 +417,26 @@ mod tests {
         client_verifier(ca)
             .verify_client_cert(&der(&issued.cert_pem), &[], UnixTime::now())
             .map(drop)
+    }
+
+    #[test]
+    fn a_subject_value_cannot_pass_for_another_attribute() {
+        let ca = Authority::generate("Sluice test CA", DAY).unwrap();
+        let acme = TenantId::parse("acme").unwrap();
+        let mut spec = CertSpec::client_for_tenant("sluice.local", &acme, DAY);
+        spec.common_name = "evil, O=Acme".into();
+        spec.uri_sans.clear();
+        let issued = ca.issue(&spec).unwrap();
+        let identity = CertificateIdentity::from_pem(&issued.cert_pem).unwrap();
+        assert_eq!(identity.subject, r"CN=evil\, O=Acme");
+        // A binding written for CN=evil, O=Acme does not match it.
+        assert!(!identity
+            .bindings()
+            .contains(&Binding::Subject("CN=evil, O=Acme".into())));
+        assert_eq!(
+            escape_value(r#" #a+b;c<d>e"f\g "#),
+            r#"\ #a\+b\;c\<d\>e\"f\\g\ "#
+        );
     }
 
     #[test]
