@@ -14,7 +14,7 @@ use futures::future::{Either, Ready};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::tenancy::auth::Authenticator;
+use crate::tenancy::auth::{Admitted as AdmittedCaller, Authenticator, Caller};
 use crate::tenancy::quota::QuotaGate;
 
 /// Methods that count documents, not calls.
@@ -35,18 +35,18 @@ impl Admission {
         Self { auth, quotas }
     }
 
-    /// `Err` with the refusal for a call to `method` (`IngestService/GetIngestion`).
-    fn check(&self, method: &str, request: &http::Request<Body>) -> Result<(), tonic::Status> {
+    /// The caller of a call to `method` (`IngestService/GetIngestion`), or the refusal.
+    fn check(&self, method: &str, request: &http::Request<Body>) -> Result<Caller, tonic::Status> {
         // The same view of the call the services get: metadata and the connection's
         // certificates (extensions).
         let mut probe = http::Request::new(());
         *probe.headers_mut() = request.headers().clone();
         *probe.extensions_mut() = request.extensions().clone();
         let caller = self.auth.caller(&tonic::Request::from_http(probe))?;
-        if INGESTIONS.contains(&method) {
-            return Ok(());
+        if !INGESTIONS.contains(&method) {
+            self.quotas.request(&caller, method)?;
         }
-        self.quotas.request(&caller, method)
+        Ok(caller)
     }
 }
 
@@ -85,7 +85,12 @@ where
             return Either::Right(self.inner.call(request));
         };
         match self.admission.check(method, &request) {
-            Ok(()) => Either::Right(self.inner.call(request)),
+            Ok(caller) => {
+                // The service reads it instead of reading the certificate again.
+                let mut request = request;
+                request.extensions_mut().insert(AdmittedCaller(caller));
+                Either::Right(self.inner.call(request))
+            }
             Err(status) => Either::Left(futures::future::ready(Ok(status.into_http()))),
         }
     }

@@ -57,8 +57,17 @@ impl Authenticator {
         }
     }
 
-    /// The caller, or UNAUTHENTICATED / PERMISSION_DENIED saying why not.
+    /// The caller, or UNAUTHENTICATED / PERMISSION_DENIED saying why not. A call the
+    /// [admission](crate::tenancy::admission) layer let in carries its answer already.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if let Some(Admitted(caller)) = request.extensions().get::<Admitted>() {
+            return Ok(caller.clone());
+        }
+        self.check(request)
+    }
+
+    /// Decides who is calling from the request's metadata and certificates.
+    fn check<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         // Fail closed: an old copy could miss a revocation or a suspension.
         let snapshot = self.directory.current().map_err(|stale| {
             refuse(crate::services::status::with_retry(
@@ -127,13 +136,12 @@ impl Authenticator {
     /// What a call that lasts (a watch stream, a waiting Ingest) needs to ask again later
     /// whether its caller may still call.
     pub fn credentials<T>(&self, request: &Request<T>) -> Credentials {
+        // Without the admission's answer, so that each check decides afresh.
+        let mut extensions = request.extensions().clone();
+        extensions.remove::<Admitted>();
         Credentials {
             auth: self.clone(),
-            request: Request::from_parts(
-                request.metadata().clone(),
-                request.extensions().clone(),
-                (),
-            ),
+            request: Request::from_parts(request.metadata().clone(), extensions, ()),
         }
     }
 
@@ -147,6 +155,11 @@ impl Authenticator {
         self.caller(request).map(|caller| caller.tenant)
     }
 }
+
+/// The caller the admission layer found, carried in the request's extensions (only server
+/// code can put it there).
+#[derive(Debug, Clone)]
+pub struct Admitted(pub Caller);
 
 /// A call's metadata and certificates, kept to check it again: a revocation, a suspension or
 /// an unreadable registry ends open streams and waiting calls too, not only new ones.
