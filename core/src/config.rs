@@ -363,6 +363,29 @@ pub struct SchemasConfig {
     /// How long a subject's latest version is trusted before asking the registry again, in
     /// milliseconds. Default 5000. Schemas by id are cached for good (ids never change).
     pub latest_ttl_ms: u64,
+    /// The largest schema text a tenant may register, in bytes. Default 65536.
+    pub max_schema_bytes: usize,
+    /// How deeply a registered schema's types may nest (fields, items, values, union
+    /// branches). Default 32.
+    pub max_schema_depth: usize,
+    /// Record fields and enum symbols in one registered schema. Default 1000.
+    pub max_schema_fields: usize,
+    /// Subjects one tenant may hold in the built-in registry. Default 100.
+    pub max_subjects_per_tenant: usize,
+    /// Versions one subject may hold in the built-in registry. Default 100.
+    pub max_versions_per_subject: usize,
+}
+
+impl SchemasConfig {
+    pub fn limits(&self) -> crate::schema_registry::RegistrationLimits {
+        crate::schema_registry::RegistrationLimits {
+            max_schema_bytes: self.max_schema_bytes,
+            max_schema_depth: self.max_schema_depth,
+            max_schema_fields: self.max_schema_fields,
+            max_subjects_per_tenant: self.max_subjects_per_tenant,
+            max_versions_per_subject: self.max_versions_per_subject,
+        }
+    }
 }
 
 impl Default for SchemasConfig {
@@ -380,6 +403,11 @@ impl Default for SchemasConfig {
             auto_register_default: true,
             default_compatibility: "BACKWARD".into(),
             latest_ttl_ms: 5000,
+            max_schema_bytes: 64 * 1024,
+            max_schema_depth: 32,
+            max_schema_fields: 1000,
+            max_subjects_per_tenant: 100,
+            max_versions_per_subject: 100,
         }
     }
 }

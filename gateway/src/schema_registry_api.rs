@@ -435,6 +435,8 @@ impl From<RegistryError> for ApiError {
             Incompatible { .. } => (StatusCode::CONFLICT, 409),
             InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             ReferenceExists { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42206),
+            // Confluent's "operation not permitted": deleting permanently makes room.
+            LimitReached { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
             Unavailable(reason) => {
                 tracing::warn!(%reason, "built-in schema registry failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, 50001)
@@ -1117,15 +1119,21 @@ mod tests {
             (status, error_code(&body)),
             (StatusCode::UNPROCESSABLE_ENTITY, 42201)
         );
-        // The same schema under globex's own subject shares the id, and then globex sees it
-        // through its subject only.
+        // The same schema under globex's own subject gets globex's own id: registering it
+        // says nothing about whether acme has it, and acme's id stays invisible to globex.
         let (status, body) = api.register(GLOBEX, "globex.article-value", &v1()).await;
-        assert_eq!((status, body["id"].as_u64()), (StatusCode::OK, Some(id)));
+        let globex_id = body["id"].as_u64().unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(globex_id, id);
         assert_eq!(
-            api.get(GLOBEX, &format!("/schemas/ids/{id}/subjects"))
+            api.get(GLOBEX, &format!("/schemas/ids/{globex_id}/subjects"))
                 .await
                 .1,
             json!(["globex.article-value"])
+        );
+        assert_eq!(
+            api.get(GLOBEX, &format!("/schemas/ids/{id}")).await.0,
+            StatusCode::NOT_FOUND
         );
 
         // Who is calling must be known.

@@ -458,3 +458,179 @@ async fn connections_are_limited() {
     .await;
     stack.shutdown().await;
 }
+
+/// A document schema with a text field and `extra` optional fields, named `n0`…, and some
+/// padding in a doc string (to make the schema `pad` bytes larger).
+fn wide_schema(extra: usize, pad: usize) -> String {
+    let mut fields = vec![r#"{"name":"text","type":"string","sluice.role":"text"}"#.to_owned()];
+    fields.extend(
+        (0..extra).map(|i| format!(r#"{{"name":"n{i}","type":["null","string"],"default":null}}"#)),
+    );
+    format!(
+        r#"{{"type":"record","name":"Wide","doc":"{}","fields":[{}]}}"#,
+        "x".repeat(pad),
+        fields.join(",")
+    )
+}
+
+/// Schema registration is bounded (size, depth, fields, subjects and versions per tenant), its
+/// ids say nothing about other tenants, and registering never stalls another tenant's
+/// ingestion: the parse and the compatibility check run outside the database's write lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_registration_is_bounded_and_never_stalls_ingestion() {
+    use sluice_core::proto::schema_service_client::SchemaServiceClient;
+    use sluice_core::proto::RegisterSchemaRequest;
+    const VERSIONS: usize = 25;
+    let stack = Stack::start_configured(Database::Sqlite, |config| {
+        config.schemas.max_versions_per_subject = VERSIONS;
+        config.schemas.max_subjects_per_tenant = 3;
+    })
+    .await;
+    let channel = stack.channel().await;
+    let mut schemas = SchemaServiceClient::new(channel.clone());
+    let register = |tenant: &str, name: &str, definition: String| {
+        as_tenant(
+            tenant,
+            RegisterSchemaRequest {
+                name: name.into(),
+                definition,
+            },
+        )
+    };
+
+    // Too large, too deep, too wide: refused before parsing, saying which limit.
+    let refusals = [
+        (wide_schema(1, 70_000), "max_schema_bytes"),
+        (wide_schema(1_001, 0), "max_schema_fields"),
+        (
+            {
+                let mut nested = r#""string""#.to_owned();
+                for level in 0..40 {
+                    nested = format!(
+                        r#"{{"type":"record","name":"R{level}","fields":[{{"name":"f","type":{nested}}}]}}"#
+                    );
+                }
+                nested
+            },
+            "max_schema_depth",
+        ),
+    ];
+    for (definition, limit) in refusals {
+        let started = Instant::now();
+        let status = schemas
+            .register_schema(register("schemer", "big", definition))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(limit), "{status:?}");
+        println!("refused ({limit}) in {:?}", started.elapsed());
+    }
+
+    // The same schema in two tenants: two ids, neither a count.
+    let same = wide_schema(2, 0);
+    let mine = schemas
+        .register_schema(register("schemer", "note", same.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .schema
+        .unwrap();
+    let theirs = schemas
+        .register_schema(register(NEIGHBOUR, "note", same))
+        .await
+        .unwrap()
+        .into_inner()
+        .schema
+        .unwrap();
+    assert_ne!(mine.id, theirs.id);
+
+    // The neighbour's Ingest latency, alone and while the schemer registers large schemas.
+    async fn ingest_latencies(
+        mut ingest: IngestServiceClient<Channel>,
+        tag: &'static str,
+        count: usize,
+    ) -> Vec<Duration> {
+        let mut latencies = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = format!("{tag}-{i}");
+            let started = Instant::now();
+            ingest
+                .ingest(as_tenant(
+                    NEIGHBOUR,
+                    IngestRequest {
+                        document: Some(document(&id, &id, "A short, ordinary note.")),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("the neighbour's {id} failed: {e:?}"));
+            latencies.push(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        latencies.sort();
+        latencies
+    }
+    let baseline = ingest_latencies(IngestServiceClient::new(channel.clone()), "alone", 30).await;
+    let during = tokio::spawn(ingest_latencies(
+        IngestServiceClient::new(channel.clone()),
+        "during",
+        60,
+    ));
+    // Versions of 900-odd fields and ~50 KB each, every one checked against the last.
+    let mut registration = Vec::new();
+    for version in 0..VERSIONS {
+        let started = Instant::now();
+        schemas
+            .register_schema(register(
+                "schemer",
+                "wide",
+                wide_schema(900 + version, 10_000),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("version {version}: {e:?}"));
+        registration.push(started.elapsed());
+    }
+    let during = during.await.unwrap();
+    registration.sort();
+    let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    println!(
+        "{VERSIONS} registrations of ~50 KB schemas: median {:?}, max {:?}; neighbour Ingest \
+         alone: median {:?}, p90 {:?}, max {:?}; during: median {:?}, p90 {:?}, max {:?}",
+        p(&registration, 0.5),
+        p(&registration, 1.0),
+        p(&baseline, 0.5),
+        p(&baseline, 0.9),
+        p(&baseline, 1.0),
+        p(&during, 0.5),
+        p(&during, 0.9),
+        p(&during, 1.0),
+    );
+
+    // One version more, one subject more: refused with a QuotaFailure naming the limit.
+    let status = schemas
+        .register_schema(register("schemer", "wide", wide_schema(900 + VERSIONS, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let quota = status.get_details_quota_failure().expect("QuotaFailure");
+    assert_eq!(
+        quota.violations[0].subject,
+        "schemas.max_versions_per_subject"
+    );
+    schemas
+        .register_schema(register("schemer", "third", wide_schema(3, 0)))
+        .await
+        .unwrap();
+    let status = schemas
+        .register_schema(register("schemer", "fourth", wide_schema(3, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("3 subjects"), "{status:?}");
+    // Re-registering a version it holds is not one more.
+    schemas
+        .register_schema(register("schemer", "third", wide_schema(3, 0)))
+        .await
+        .unwrap();
+    stack.shutdown().await;
+}

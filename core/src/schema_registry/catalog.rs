@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{
-    RegistryError, SchemaId, SchemaReference, SchemaRegistry, SubjectNaming, SubjectVersion,
-    VersionSelector,
+    RegistrationLimits, RegistryError, SchemaId, SchemaReference, SchemaRegistry, SubjectNaming,
+    SubjectVersion, VersionSelector,
 };
 use crate::config::SchemasConfig;
 use crate::schema::{DocumentSchema, DEFAULT_DOCUMENT_SCHEMA};
@@ -46,6 +46,7 @@ pub struct SchemaCatalog {
     default_name: String,
     auto_register_default: bool,
     latest_ttl: Duration,
+    limits: RegistrationLimits,
     by_id: RwLock<HashMap<SchemaId, Arc<DocumentSchema>>>,
     by_version: RwLock<HashMap<(String, i32), SchemaId>>,
     latest: RwLock<HashMap<String, (Instant, SchemaId)>>,
@@ -65,6 +66,7 @@ impl SchemaCatalog {
             default_name: config.default_name.clone(),
             auto_register_default: config.auto_register_default,
             latest_ttl: Duration::from_millis(config.latest_ttl_ms),
+            limits: config.limits(),
             by_id: RwLock::default(),
             by_version: RwLock::default(),
             latest: RwLock::default(),
@@ -74,6 +76,11 @@ impl SchemaCatalog {
 
     pub fn registry(&self) -> &Arc<dyn SchemaRegistry> {
         &self.registry
+    }
+
+    /// What a tenant may register.
+    pub fn limits(&self) -> &RegistrationLimits {
+        &self.limits
     }
 
     pub fn naming(&self) -> &SubjectNaming {

@@ -19,6 +19,7 @@ pub mod builtin;
 pub mod catalog;
 pub mod compatibility;
 pub mod confluent;
+pub mod limits;
 pub mod wire;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::tenant::TenantId;
 pub use catalog::SchemaCatalog;
 
 pub use compatibility::CompatibilityLevel;
+pub use limits::RegistrationLimits;
 
 /// A schema id, global across subjects (the Confluent model): the same schema text registered
 /// under two subjects gets one id.
@@ -104,6 +106,13 @@ pub enum RegistryError {
     /// A permanent delete of a live version (Confluent 40407).
     #[error("version {version} of subject {subject} must be soft deleted before it is deleted permanently")]
     VersionNotSoftDeleted { subject: String, version: i32 },
+    /// A tenant holds as many subjects, or a subject as many versions, as it may.
+    #[error("{message} ({limit})")]
+    LimitReached {
+        /// The setting that says how many.
+        limit: &'static str,
+        message: String,
+    },
     /// The version is referenced by live schemas, so it cannot be deleted (Confluent 42206).
     #[error("version {version} of subject {subject} is referenced by schemas {referenced_by:?}")]
     ReferenceExists {
@@ -177,7 +186,12 @@ pub fn open(config: &SchemasConfig, db: &DatabaseConnection) -> anyhow::Result<S
                 .default_compatibility
                 .parse()
                 .map_err(|e| anyhow::anyhow!("schemas.default_compatibility: {e}"))?;
-            let builtin = Arc::new(builtin::BuiltinRegistry::new(db.clone(), level));
+            let naming =
+                SubjectNaming::parse(&config.subject_template).map_err(anyhow::Error::msg)?;
+            let builtin = Arc::new(
+                builtin::BuiltinRegistry::new(db.clone(), level)
+                    .with_rules(naming, config.limits()),
+            );
             (builtin.clone(), Some(builtin))
         }
     };
@@ -230,6 +244,27 @@ impl SubjectNaming {
         )
     }
 
+    /// The tenant `subject` belongs to, if any (the tenant id as written; not validated
+    /// further).
+    pub fn tenant_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?;
+        // The infix starts with a character tenant ids cannot hold, so the tenant id ends there.
+        let end = rest
+            .find(|c: char| TenantId::parse(&c.to_string()).is_err())
+            .unwrap_or(rest.len());
+        let (tenant, rest) = rest.split_at(end);
+        let name = rest
+            .strip_prefix(self.infix.as_str())?
+            .strip_suffix(self.suffix.as_str())?;
+        (!tenant.is_empty() && valid_schema_name(name).is_ok()).then_some(tenant)
+    }
+
+    /// What every subject of `tenant` starts with (and maybe some others': check with
+    /// [`Self::tenant_of`]).
+    pub fn tenant_prefix(&self, tenant: &str) -> String {
+        format!("{}{}{}", self.prefix, tenant, self.infix)
+    }
+
     /// The schema name within `tenant`, when `subject` belongs to it.
     pub fn name_in<'a>(&self, tenant: &TenantId, subject: &'a str) -> Option<&'a str> {
         let name = subject
@@ -278,7 +313,14 @@ mod tests {
         assert!(SubjectNaming::parse("{name}-{tenant}").is_err());
         assert!(SubjectNaming::parse("{tenant}{name}").is_err());
         assert!(SubjectNaming::parse("{tenant}-{name}").is_err());
+        assert_eq!(naming.tenant_of(&subject), Some("acme"));
+        assert_eq!(naming.tenant_of("acme-eu.article-value"), Some("acme-eu"));
+        assert_eq!(naming.tenant_of("acme.article-key"), None);
+        assert_eq!(naming.tenant_of(".article-value"), None);
+        assert_eq!(naming.tenant_of("article"), None);
+        assert_eq!(naming.tenant_prefix("acme"), "acme.");
         let custom = SubjectNaming::parse("tenants/{tenant}/{name}").unwrap();
+        assert_eq!(custom.tenant_of("tenants/acme/a"), Some("acme"));
         assert_eq!(custom.subject(&acme, "a"), "tenants/acme/a");
         assert_eq!(custom.name_in(&acme, "tenants/acme/a"), Some("a"));
     }

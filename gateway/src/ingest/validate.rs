@@ -479,7 +479,16 @@ mod tests {
         assert_eq!(record.document_id, "d1");
         assert!(!record.payload.is_empty());
         // The default schema was registered for the tenant on first use.
-        assert_eq!(record.schema_id, Some(1));
+        let registered = v
+            .schemas
+            .registry()
+            .version(
+                "t.document-value",
+                sluice_core::schema_registry::VersionSelector::Latest,
+            )
+            .await
+            .unwrap();
+        assert_eq!(record.schema_id, Some(registered.id));
     }
 
     #[tokio::test]

@@ -36,6 +36,11 @@ impl SchemaService for SchemaApi {
         let tenant = self.auth.tenant(&request)?;
         let request = request.into_inner();
         let name = schema_name(&request.name)?;
+        // Within the limits before anything parses it.
+        self.schemas
+            .limits()
+            .check_definition(&request.definition)
+            .map_err(|e| registry_status(e, name))?;
         // Only schemas that say what to embed can carry documents.
         if let Err(e) = DocumentSchema::parse(&request.definition) {
             return Err(invalid_argument(&[Violation::new(
@@ -234,6 +239,11 @@ fn registry_status(error: RegistryError, name: &str) -> Status {
         | RegistryError::ReferenceExists { .. }) => Status::failed_precondition(e.to_string()),
         RegistryError::InvalidSchema(reason) => {
             invalid_argument(&[Violation::new("definition", reason)])
+        }
+        RegistryError::LimitReached { limit, message } => {
+            let mut details = ErrorDetails::new();
+            details.add_quota_failure_violation(limit, message.clone());
+            Status::with_error_details(Code::ResourceExhausted, message, details)
         }
         RegistryError::Incompatible { level, messages } => {
             let mut details = ErrorDetails::new();

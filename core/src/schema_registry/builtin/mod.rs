@@ -1,8 +1,11 @@
 //! The built-in schema registry, stored through sea-orm (SQLite or PostgreSQL), with the
 //! Confluent Schema Registry's model so that the gateway can serve Confluent's REST API over it:
 //!
-//! - Schema ids are global: one row per distinct schema (its text, parsed and written back as
-//!   JSON, plus its references), so the same schema under two subjects gets one id.
+//! - One row per distinct schema of a tenant (its text, parsed and written back as JSON, plus
+//!   its references), so the same schema under two of a tenant's subjects gets one id. Two
+//!   tenants registering the same schema get two ids, and ids are drawn at random rather than
+//!   counted: neither the id a tenant gets nor whether it is new says anything about other
+//!   tenants' schemas.
 //! - A subject is a list of numbered versions, each pointing at a schema id. Registering a
 //!   schema that is already a live version returns that version; otherwise the new version is
 //!   the highest number used so far (soft-deleted included) plus one.
@@ -12,9 +15,15 @@
 //! - Compatibility levels are per subject, else global (set through the API), else the
 //!   operator's default.
 //!
+//! - Registration has limits ([`RegistrationLimits`]): each schema's size and shape, subjects
+//!   per tenant, versions per subject.
+//!
 //! Several gateways may share one database. Registrations and deletes run in transactions;
-//! unique keys (the fingerprint, and (subject, version)) settle races, and a registration that
-//! loses one starts again (see [`BuiltinRegistry::register`]).
+//! unique keys (the fingerprint, the id, and (subject, version)) settle races, and a
+//! registration that loses one starts again (see [`BuiltinRegistry::register`]). A
+//! registration parses and checks compatibility before its write transaction, and only checks
+//! in it that what it read is unchanged: on SQLite the write lock is the whole database's, and
+//! every tenant's ingestion records wait for it.
 
 mod entity;
 #[cfg(test)]
@@ -24,8 +33,8 @@ use std::collections::HashSet;
 
 use apache_avro::Schema;
 use async_trait::async_trait;
-use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::sea_query::{Expr, LikeExpr, OnConflict};
+use sea_orm::ActiveValue::Set;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -36,22 +45,25 @@ use crate::db::is_unique_violation;
 use crate::record::now_ms;
 
 use super::{
-    CompatibilityLevel, CompatibilityReport, RegistryError, SchemaId, SchemaReference,
-    SchemaRegistry, SubjectVersion, VersionSelector,
+    CompatibilityLevel, CompatibilityReport, RegistrationLimits, RegistryError, SchemaId,
+    SchemaReference, SchemaRegistry, SubjectNaming, SubjectVersion, VersionSelector,
 };
 use entity::{config, schema, version};
 
 /// The `schema_registry_config` subject that holds the global level (subjects are never empty).
 const GLOBAL: &str = "";
 
-/// How many times a registration runs when concurrent ones keep winning races on unique keys.
-const REGISTER_ATTEMPTS: usize = 3;
+/// How many times a registration runs when concurrent ones keep changing what it checked.
+const REGISTER_ATTEMPTS: usize = 6;
 
 /// The built-in registry. Cheap to clone: clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct BuiltinRegistry {
     db: DatabaseConnection,
     default_level: CompatibilityLevel,
+    /// Which tenant a subject belongs to: ids are scoped by it, and limits counted per tenant.
+    naming: SubjectNaming,
+    limits: RegistrationLimits,
 }
 
 impl From<DbErr> for RegistryError {
@@ -73,7 +85,55 @@ impl BuiltinRegistry {
     /// The database must be migrated already ([`crate::db::connect`] does that).
     /// `default_level` is the global level until one is set through the API.
     pub fn new(db: DatabaseConnection, default_level: CompatibilityLevel) -> Self {
-        Self { db, default_level }
+        Self {
+            db,
+            default_level,
+            naming: SubjectNaming::default(),
+            limits: RegistrationLimits::default(),
+        }
+    }
+
+    /// How subjects name tenants, and what a tenant may register (defaults: the default
+    /// template and limits).
+    pub fn with_rules(mut self, naming: SubjectNaming, limits: RegistrationLimits) -> Self {
+        self.naming = naming;
+        self.limits = limits;
+        self
+    }
+
+    /// The tenant whose schemas `subject`'s share ids (`""` for subjects of no tenant).
+    fn scope<'a>(&self, subject: &'a str) -> &'a str {
+        self.naming.tenant_of(subject).unwrap_or("")
+    }
+
+    /// The subjects of `tenant`, soft-deleted ones included.
+    async fn tenant_subjects(
+        &self,
+        conn: &impl ConnectionTrait,
+        tenant: &str,
+    ) -> Result<Vec<String>, DbErr> {
+        let prefix = self.naming.tenant_prefix(tenant);
+        let escaped: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let subjects: Vec<String> = version::Entity::find()
+            .select_only()
+            .column(version::Column::Subject)
+            .distinct()
+            .filter(
+                version::Column::Subject.like(LikeExpr::new(format!("{escaped}%")).escape('\\')),
+            )
+            .into_tuple()
+            .all(conn)
+            .await?;
+        Ok(subjects
+            .into_iter()
+            .filter(|subject| self.naming.tenant_of(subject) == Some(tenant))
+            .collect())
     }
 
     /// Subjects with a live version (or any version, when `include_deleted`), sorted.
@@ -131,14 +191,23 @@ impl BuiltinRegistry {
         if rows.is_empty() {
             return Err(RegistryError::SubjectNotFound(subject.to_owned()));
         }
-        let candidate = Candidate::parse(&self.db, schema, references, Resolve::Stored).await?;
-        let Some(stored) = find_schema(&self.db, &candidate.fingerprint).await? else {
-            return Ok(None);
-        };
-        match rows.iter().rev().find(|row| row.schema_id == stored.id) {
-            Some(row) => subject_version(row, &stored).map(Some),
-            None => Ok(None),
-        }
+        let candidate = self
+            .candidate(&self.db, subject, schema, references, Resolve::Stored)
+            .await?;
+        held_by(&self.db, &candidate, &rows, true).await
+    }
+
+    /// Parses a schema on its way in, within the limits, fingerprinted for `subject`'s tenant.
+    async fn candidate(
+        &self,
+        conn: &impl ConnectionTrait,
+        subject: &str,
+        text: &str,
+        references: &[SchemaReference],
+        resolve: Resolve,
+    ) -> Result<Candidate, RegistryError> {
+        self.limits.check_definition(text)?;
+        Candidate::parse(conn, self.scope(subject), text, references, resolve).await
     }
 
     /// Soft-deletes every live version of a subject, or (`permanent`) removes a subject whose
@@ -368,56 +437,67 @@ impl BuiltinRegistry {
         Ok(txn)
     }
 
-    /// One registration attempt, in one transaction.
+    /// One registration attempt. The costly part (parsing, the compatibility check) reads
+    /// outside any transaction; the write transaction then checks that what was read still
+    /// holds (the subject's versions, its level, the referenced versions, which it locks) and
+    /// inserts, or reports a race.
     async fn try_register(
         &self,
         subject: &str,
         text: &str,
         references: &[SchemaReference],
     ) -> Result<Attempt, RegistryError> {
-        let txn = self.begin_write().await?;
-        let candidate = Candidate::parse(&txn, text, references, Resolve::Register).await?;
-        let stored = find_schema(&txn, &candidate.fingerprint).await?;
-        let rows = version_rows(&txn, subject, true).await?;
-        if let Some(stored) = &stored {
-            if let Some(row) = rows
-                .iter()
-                .rev()
-                .find(|row| !row.deleted && row.schema_id == stored.id)
-            {
-                return subject_version(row, stored).map(Attempt::Registered);
-            }
+        let candidate = self
+            .candidate(&self.db, subject, text, references, Resolve::Check)
+            .await?;
+        let rows = version_rows(&self.db, subject, true).await?;
+        if let Some(found) = held_by(&self.db, &candidate, &rows, false).await? {
+            return Ok(Attempt::Registered(found));
         }
-
-        let level = self.level_for(&txn, subject).await?;
+        let tenant = self.scope(subject);
+        let subjects = match (rows.is_empty(), tenant) {
+            (true, tenant) if !tenant.is_empty() => {
+                self.tenant_subjects(&self.db, tenant).await?.len()
+            }
+            _ => 0,
+        };
+        self.limits
+            .check_counts(tenant, subject, rows.len(), subjects)?;
+        let level = self.level_for(&self.db, subject).await?;
         if level != CompatibilityLevel::None {
             let live: Vec<&version::Model> = rows.iter().filter(|row| !row.deleted).collect();
-            let existing = parse_versions(&txn, &live).await?;
-            let messages = level.violations(&candidate.resolved, &existing);
+            let existing = parse_versions(&self.db, &live).await?;
+            let messages = violations(level, &candidate, existing).await?;
             if !messages.is_empty() {
                 return Err(RegistryError::Incompatible { level, messages });
             }
         }
 
+        let txn = self.begin_write().await?;
+        let unchanged = version_rows(&txn, subject, true).await? == rows
+            && self.level_for(&txn, subject).await? == level
+            && referenced_texts(&txn, references, Resolve::Register).await? == candidate.referenced
+            && (subjects == 0 || self.tenant_subjects(&txn, tenant).await?.len() == subjects);
+        if !unchanged {
+            return Ok(Attempt::Raced);
+        }
         let now = now_ms();
-        let stored = match stored {
+        let stored = match find_schema(&txn, &candidate.fingerprint).await? {
             Some(stored) => stored,
             None => {
-                let mut row = schema::Model {
-                    id: 0,
+                let row = schema::Model {
+                    id: random_id(),
                     fingerprint: candidate.fingerprint,
                     schema: text.to_owned(),
                     references: references_json(references),
                     created_at_ms: now,
                 };
-                let mut insert = schema::ActiveModel::from(row.clone());
-                insert.id = NotSet;
-                match schema::Entity::insert(insert).exec(&txn).await {
-                    Ok(inserted) => {
-                        row.id = inserted.last_insert_id;
-                        row
-                    }
-                    // Another gateway registered the same schema meanwhile.
+                match schema::Entity::insert(schema::ActiveModel::from(row.clone()))
+                    .exec_without_returning(&txn)
+                    .await
+                {
+                    Ok(_) => row,
+                    // Another gateway registered the same schema meanwhile, or drew the id.
                     Err(e) if is_unique_violation(&e) => return Ok(Attempt::Raced),
                     Err(e) => return Err(e.into()),
                 }
@@ -442,6 +522,39 @@ impl BuiltinRegistry {
         txn.commit().await?;
         subject_version(&row, &stored).map(Attempt::Registered)
     }
+}
+
+/// A schema id: random, positive, 31 bits (the Confluent wire format's id is a signed 32-bit
+/// integer). Drawn, not counted, so that ids say nothing about how many schemas exist; a
+/// collision fails the insert on the primary key, and the registration draws again.
+fn random_id() -> i32 {
+    let bits = uuid::Uuid::new_v4().as_u128() as u32 & 0x7fff_ffff;
+    bits.max(1) as i32
+}
+
+/// The live version of `subject` (or any, with `include_deleted`) that holds the candidate,
+/// among the subject's `rows`. Also finds schemas stored before ids were scoped by tenant,
+/// whose fingerprints are unscoped: only through this subject's own versions, so an unscoped
+/// row never reaches another tenant.
+async fn held_by(
+    conn: &impl ConnectionTrait,
+    candidate: &Candidate,
+    rows: &[version::Model],
+    include_deleted: bool,
+) -> Result<Option<SubjectVersion>, RegistryError> {
+    for fingerprint in [&candidate.fingerprint, &candidate.unscoped_fingerprint] {
+        let Some(stored) = find_schema(conn, fingerprint).await? else {
+            continue;
+        };
+        if let Some(row) = rows
+            .iter()
+            .rev()
+            .find(|row| (include_deleted || !row.deleted) && row.schema_id == stored.id)
+        {
+            return subject_version(row, &stored).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// How one registration attempt ended, short of an error.
@@ -513,7 +626,9 @@ impl SchemaRegistry for BuiltinRegistry {
         references: &[SchemaReference],
         version: Option<VersionSelector>,
     ) -> Result<CompatibilityReport, RegistryError> {
-        let candidate = Candidate::parse(&self.db, schema, references, Resolve::Check).await?;
+        let candidate = self
+            .candidate(&self.db, subject, schema, references, Resolve::Check)
+            .await?;
         let level = self.level_for(&self.db, subject).await?;
         let live = version_rows(&self.db, subject, false).await?;
         let against: Vec<&version::Model> = match version {
@@ -532,7 +647,7 @@ impl SchemaRegistry for BuiltinRegistry {
             }
         };
         let existing = parse_versions(&self.db, &against).await?;
-        let messages = level.violations(&candidate.resolved, &existing);
+        let messages = violations(level, &candidate, existing).await?;
         Ok(CompatibilityReport {
             compatible: messages.is_empty(),
             messages,
@@ -549,8 +664,12 @@ impl SchemaRegistry for BuiltinRegistry {
 struct Candidate {
     /// Self-contained (referenced types written out in place), for compatibility checks.
     resolved: Schema,
-    /// What identifies it among stored schemas (see [`fingerprint`]).
+    /// The texts of the schemas it references, as they were when it was parsed.
+    referenced: Vec<String>,
+    /// What identifies it among its tenant's stored schemas (see [`fingerprint`]).
     fingerprint: String,
+    /// What identified it before ids were scoped by tenant.
+    unscoped_fingerprint: String,
 }
 
 /// Which versions a reference may name, and whether to lock them.
@@ -569,17 +688,44 @@ enum Resolve {
 impl Candidate {
     async fn parse(
         conn: &impl ConnectionTrait,
+        scope: &str,
         text: &str,
         references: &[SchemaReference],
         resolve: Resolve,
     ) -> Result<Self, RegistryError> {
         let referenced = referenced_texts(conn, references, resolve).await?;
-        let (written, resolved) = parse(text, &referenced).map_err(RegistryError::InvalidSchema)?;
+        let (text, texts) = (text.to_owned(), referenced.clone());
+        let (written, resolved) = off_the_runtime(move || parse(&text, &texts))
+            .await?
+            .map_err(RegistryError::InvalidSchema)?;
         Ok(Self {
             resolved,
-            fingerprint: fingerprint(&written, references),
+            referenced,
+            fingerprint: fingerprint(scope, &written, references),
+            unscoped_fingerprint: fingerprint("", &written, references),
         })
     }
+}
+
+/// Runs CPU work (parsing schemas, comparing them) on a blocking thread: a 64 KiB schema checked
+/// against its subject's versions takes tens of milliseconds, which would hold up every other
+/// call sharing the async thread.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RegistryError::Unavailable(format!("schema work did not finish: {e}")))
+}
+
+/// What keeps `candidate` from being registered at `level` after `existing`.
+async fn violations(
+    level: CompatibilityLevel,
+    candidate: &Candidate,
+    existing: Vec<(i32, Schema)>,
+) -> Result<Vec<String>, RegistryError> {
+    let resolved = candidate.resolved.clone();
+    off_the_runtime(move || level.violations(&resolved, &existing)).await
 }
 
 /// Parses `text` with the (named) schemas it references. Returns it as written (referenced
@@ -592,11 +738,16 @@ fn parse(text: &str, referenced: &[String]) -> Result<(Schema, Schema), String> 
     Ok((written, resolved))
 }
 
-/// Identifies a schema among stored ones: SHA-256 of the parsed schema written back as JSON
-/// (so whitespace and key order do not matter) and of its references. Not Avro's Parsing
-/// Canonical Form: that drops defaults and docs, and defaults decide compatibility.
-fn fingerprint(written: &Schema, references: &[SchemaReference]) -> String {
+/// Identifies a schema among stored ones: SHA-256 of the tenant it belongs to (`scope`, empty
+/// for subjects of no tenant), of the parsed schema written back as JSON (so whitespace and key
+/// order do not matter) and of its references. Not Avro's Parsing Canonical Form: that drops
+/// defaults and docs, and defaults decide compatibility.
+fn fingerprint(scope: &str, written: &Schema, references: &[SchemaReference]) -> String {
     let mut digest = Sha256::new();
+    if !scope.is_empty() {
+        digest.update(format!("tenant {scope}"));
+        digest.update([0]);
+    }
     digest.update(serde_json::to_string(written).expect("a parsed schema serializes"));
     digest.update([0]);
     digest.update(references_json(references));
@@ -665,20 +816,28 @@ async fn parse_versions(
     conn: &impl ConnectionTrait,
     rows: &[&version::Model],
 ) -> Result<Vec<(i32, Schema)>, RegistryError> {
-    let mut parsed = Vec::with_capacity(rows.len());
+    let mut stored_texts = Vec::with_capacity(rows.len());
     for row in rows {
         let stored = load_schema(conn, row.schema_id).await?;
         let references = references_of(&stored)?;
         let referenced = referenced_texts(conn, &references, Resolve::Stored).await?;
-        let (_, resolved) = parse(&stored.schema, &referenced).map_err(|e| {
-            RegistryError::Unavailable(format!(
-                "version {} of {} (schema {}) no longer parses: {e}",
-                row.version, row.subject, stored.id
-            ))
-        })?;
-        parsed.push((row.version, resolved));
+        stored_texts.push((row.version, row.subject.clone(), stored, referenced));
     }
-    Ok(parsed)
+    off_the_runtime(move || {
+        stored_texts
+            .into_iter()
+            .map(|(version, subject, stored, referenced)| {
+                let (_, resolved) = parse(&stored.schema, &referenced).map_err(|e| {
+                    RegistryError::Unavailable(format!(
+                        "version {version} of {subject} (schema {}) no longer parses: {e}",
+                        stored.id
+                    ))
+                })?;
+                Ok((version, resolved))
+            })
+            .collect()
+    })
+    .await?
 }
 
 /// A subject's versions (live only unless `include_deleted`), ascending.

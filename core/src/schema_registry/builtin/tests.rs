@@ -452,8 +452,153 @@ async fn concurrent_registrations_settle(registry: &BuiltinRegistry) {
     assert_eq!(versions, [1, 2, 3]);
 }
 
+/// Two tenants registering the same schema get two ids, drawn rather than counted; what a
+/// tenant may register is bounded.
+async fn ids_are_per_tenant_and_limits_hold(db: DatabaseConnection) {
+    let limits = RegistrationLimits {
+        max_subjects_per_tenant: 2,
+        max_versions_per_subject: 2,
+        ..RegistrationLimits::default()
+    };
+    let registry = registry(db.clone()).with_rules(SubjectNaming::default(), limits);
+    let schema = doc(r#"{"name":"body","type":"string"}"#);
+    let umbrella = registry
+        .register("umbrella.a-value", &schema, &[])
+        .await
+        .unwrap();
+    let hooli = registry
+        .register("hooli.a-value", &schema, &[])
+        .await
+        .unwrap();
+    assert_ne!(umbrella.id, hooli.id, "one id per tenant");
+    assert_eq!(
+        registry.subjects_using(hooli.id, false).await.unwrap(),
+        ["hooli.a-value"]
+    );
+    // Within a tenant the same schema under a second subject shares the id.
+    let again = registry
+        .register("umbrella.b-value", &schema, &[])
+        .await
+        .unwrap();
+    assert_eq!(again.id, umbrella.id);
+    // Ids are not consecutive: the next schema's id says nothing about how many others exist.
+    let ids: Vec<SchemaId> = [umbrella.id, hooli.id]
+        .into_iter()
+        .chain([registry
+            .register("hooli.z-value", &v1(), &[])
+            .await
+            .unwrap()
+            .id])
+        .collect();
+    assert!(
+        ids.windows(2).any(|w| w[1].abs_diff(w[0]) > 1000),
+        "ids look counted: {ids:?}"
+    );
+
+    // A third subject for umbrella is refused; re-registering what it holds is not.
+    let third = registry.register("umbrella.c-value", &schema, &[]).await;
+    assert!(
+        matches!(
+            &third,
+            Err(RegistryError::LimitReached {
+                limit: "schemas.max_subjects_per_tenant",
+                ..
+            })
+        ),
+        "{third:?}"
+    );
+    assert_eq!(
+        registry
+            .register("umbrella.b-value", &schema, &[])
+            .await
+            .unwrap(),
+        again
+    );
+    // Versions per subject count soft-deleted ones.
+    registry
+        .set_subject_level("umbrella.a-value", CompatibilityLevel::None)
+        .await
+        .unwrap();
+    registry
+        .register("umbrella.a-value", &v1(), &[])
+        .await
+        .unwrap();
+    registry
+        .delete_version("umbrella.a-value", VersionSelector::Number(2), false)
+        .await
+        .unwrap();
+    let over = registry.register("umbrella.a-value", &v2(), &[]).await;
+    assert!(
+        matches!(
+            &over,
+            Err(RegistryError::LimitReached {
+                limit: "schemas.max_versions_per_subject",
+                ..
+            })
+        ),
+        "{over:?}"
+    );
+    // Other tenants are not counted against umbrella.
+    registry
+        .register("initrode.a-value", &v1(), &[])
+        .await
+        .unwrap();
+    registry
+        .register("initrode.b-value", &v1(), &[])
+        .await
+        .unwrap();
+    // A schema too large or too deep is refused before it is parsed.
+    let large = format!(r#"{{"type":"string","doc":"{}"}}"#, "x".repeat(70_000));
+    assert!(matches!(
+        registry.register("initrode.a-value", &large, &[]).await,
+        Err(RegistryError::InvalidSchema(reason)) if reason.contains("max_schema_bytes")
+    ));
+
+    // A schema stored before ids were scoped (an unscoped fingerprint) is still found as the
+    // version its subject holds, and not through any other subject.
+    let legacy_text = doc(r#"{"name":"legacy","type":"string"}"#);
+    let (written, _) = parse(&legacy_text, &[]).unwrap();
+    schema::Entity::insert(schema::ActiveModel::from(schema::Model {
+        id: 7,
+        fingerprint: fingerprint("", &written, &[]),
+        schema: legacy_text.clone(),
+        references: "[]".into(),
+        created_at_ms: 0,
+    }))
+    .exec_without_returning(&db)
+    .await
+    .unwrap();
+    version::Entity::insert(version::ActiveModel::from(version::Model {
+        subject: "legacy.old-value".into(),
+        version: 1,
+        schema_id: 7,
+        deleted: false,
+        created_at_ms: 0,
+    }))
+    .exec_without_returning(&db)
+    .await
+    .unwrap();
+    let found = registry
+        .register("legacy.old-value", &legacy_text, &[])
+        .await
+        .unwrap();
+    assert_eq!((found.version, found.id), (1, 7));
+    let other = registry
+        .register("umbrella.a-value", &legacy_text, &[])
+        .await;
+    assert!(other.is_err() || other.unwrap().id != 7);
+    let fresh = registry
+        .register("legacy.new-value", &legacy_text, &[])
+        .await
+        .unwrap();
+    assert_ne!(
+        fresh.id, 7,
+        "the legacy row is not shared with a new subject"
+    );
+}
+
 async fn exercise(db: DatabaseConnection) {
-    let registry = registry(db);
+    let registry = registry(db.clone());
     assert_eq!(registry.describe(), "built-in");
     assert_eq!(registry.subjects().await.unwrap(), Vec::<String>::new());
     registers_and_deduplicates(&registry).await;
@@ -461,6 +606,7 @@ async fn exercise(db: DatabaseConnection) {
     deletes_soft_then_permanently(&registry).await;
     references_resolve_and_hold(&registry).await;
     concurrent_registrations_settle(&registry).await;
+    ids_are_per_tenant_and_limits_hold(db).await;
 }
 
 #[tokio::test]
