@@ -207,6 +207,8 @@ pub struct CertificateIdentity {
     pub fingerprint: String,
     /// Lowercase hex, no colons, leading zero bytes stripped.
     pub serial: String,
+    /// The issuer's name, written as `subject` is.
+    pub issuer: String,
     /// In x509-parser's display form, e.g. `CN=alice, O=Acme`, with the characters RFC 4514
     /// escapes (`,` `+` `"` `\` `<` `>` `;`, and a leading `#` or space) escaped in values: a
     /// value containing `, O=Acme` cannot pass for a second attribute, so a subject binding
@@ -249,6 +251,7 @@ impl CertificateIdentity {
             fingerprint: lower_hex(&Sha256::digest(der)),
             serial,
             subject: escaped_name(cert.subject()),
+            issuer: escaped_name(cert.issuer()),
             sans,
             not_after: cert.validity().not_after.timestamp(),
         })
@@ -286,10 +289,15 @@ impl CertificateIdentity {
         bindings
     }
 
-    /// The two ways this certificate can be revoked: by serial, by fingerprint.
+    /// The two ways this certificate is revoked: its issuer's serial, its fingerprint. (A
+    /// revocation of its serial from every issuer covers it too: see
+    /// `TenantSnapshot::is_revoked`.)
     pub fn revocations(&self) -> [Revocation; 2] {
         [
-            Revocation::Serial(self.serial.clone()),
+            Revocation::IssuerSerial {
+                issuer: self.issuer.clone(),
+                serial: self.serial.clone(),
+            },
             Revocation::Fingerprint(self.fingerprint.clone()),
         ]
     }
@@ -490,10 +498,14 @@ mod tests {
         assert_eq!(
             identity.revocations(),
             [
-                Revocation::Serial(identity.serial.clone()),
+                Revocation::IssuerSerial {
+                    issuer: "CN=Sluice test CA".into(),
+                    serial: identity.serial.clone(),
+                },
                 Revocation::Fingerprint(identity.fingerprint.clone()),
             ]
         );
+        assert_eq!(identity.issuer, "CN=Sluice test CA");
     }
 
     #[test]

@@ -245,11 +245,25 @@ async fn certificates_are_refused_and_the_client_is_told_why() {
     ));
 
     // Revoked: that certificate is refused, another of the same tenant still works (rotation).
+    // Its serial revoked for another issuer first changes nothing: serials are per issuer.
     let rotated = pki.client("acme");
     tenants
         .revoke(
             "tests",
-            Revocation::Serial(acme.identity.serial.clone()),
+            Revocation::IssuerSerial {
+                issuer: "CN=Another CA".into(),
+                serial: acme.identity.serial.clone(),
+            },
+            "another CA's certificate",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(accepted(call_as(&stack, Some(&acme)).await));
+    tenants
+        .revoke(
+            "tests",
+            acme.identity.revocations()[0].clone(),
             "laptop stolen",
         )
         .await

@@ -236,9 +236,18 @@ impl fmt::Display for Binding {
     }
 }
 
-/// A revoked certificate, by serial number or by fingerprint.
+/// A revoked certificate: by its issuer and serial number, by serial number alone, or by
+/// fingerprint.
+///
+/// A serial is unique only within its issuer (RFC 5280), so a serial is revoked for one issuer.
+/// `Serial` alone revokes that serial from every issuer: it is what revocations made before
+/// issuers were recorded mean, and what `sluice-admin cert revoke --any-issuer` asks for. It
+/// refuses too much, never too little.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Revocation {
+    /// The issuer's distinguished name in the form [`Binding::Subject`] takes (as
+    /// `sluice_pki::CertificateIdentity::issuer` writes it), and the serial as in `Serial`.
+    IssuerSerial { issuer: String, serial: String },
     /// Lowercase hex without colons, leading zero bytes stripped.
     Serial(String),
     /// Lowercase hex SHA-256 of the certificate's DER.
@@ -246,22 +255,35 @@ pub enum Revocation {
 }
 
 impl Revocation {
-    /// The `kind` column: `serial` or `fingerprint`.
+    /// The `kind` column: `issuer-serial`, `serial` or `fingerprint`.
     pub fn kind(&self) -> &'static str {
         match self {
+            Revocation::IssuerSerial { .. } => "issuer-serial",
             Revocation::Serial(_) => "serial",
             Revocation::Fingerprint(_) => "fingerprint",
         }
     }
 
-    pub fn value(&self) -> &str {
+    /// The `value` column: for `issuer-serial`, the serial, a space, then the issuer (hex
+    /// holds no spaces, so the first one separates them).
+    pub fn value(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Revocation::Serial(v) | Revocation::Fingerprint(v) => v,
+            Revocation::IssuerSerial { issuer, serial } => format!("{serial} {issuer}").into(),
+            Revocation::Serial(v) | Revocation::Fingerprint(v) => v.as_str().into(),
         }
     }
 
     fn from_row(kind: &str, value: String) -> Result<Self, TenantError> {
         match kind {
+            "issuer-serial" => match value.split_once(' ') {
+                Some((serial, issuer)) => Ok(Revocation::IssuerSerial {
+                    issuer: issuer.to_owned(),
+                    serial: serial.to_owned(),
+                }),
+                None => Err(TenantError::Invalid(format!(
+                    "stored revocation {value:?} names no issuer"
+                ))),
+            },
             "serial" => Ok(Revocation::Serial(value)),
             "fingerprint" => Ok(Revocation::Fingerprint(value)),
             other => Err(TenantError::Invalid(format!(
@@ -274,6 +296,18 @@ impl Revocation {
     /// it to what it is given.
     pub fn canonical(self) -> Result<Self, TenantError> {
         match self {
+            Revocation::IssuerSerial { issuer, serial } => {
+                let Revocation::Serial(serial) = Revocation::Serial(serial).canonical()? else {
+                    unreachable!("a serial stays a serial");
+                };
+                let Binding::Subject(issuer) = Binding::Subject(issuer)
+                    .canonical()
+                    .map_err(|_| TenantError::Invalid("the issuer is empty".into()))?
+                else {
+                    unreachable!("a subject stays a subject");
+                };
+                Ok(Revocation::IssuerSerial { issuer, serial })
+            }
             Revocation::Serial(hex) => {
                 let invalid = || TenantError::Invalid(format!("serial {hex:?} is not hex"));
                 let mut digits = hex_digits(&hex).ok_or_else(invalid)?;
@@ -297,7 +331,13 @@ impl Revocation {
 
 impl fmt::Display for Revocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.kind(), self.value())
+        match self {
+            Revocation::IssuerSerial { issuer, serial } => {
+                write!(f, "serial {serial} of issuer {issuer}")
+            }
+            Revocation::Serial(serial) => write!(f, "serial {serial} of every issuer"),
+            Revocation::Fingerprint(fp) => write!(f, "fingerprint {fp}"),
+        }
     }
 }
 
@@ -343,8 +383,16 @@ impl TenantSnapshot {
         self.bindings.get(binding)
     }
 
+    /// Whether this revocation, or one that covers it (the same serial from every issuer, for
+    /// an issuer's serial), is in force.
     pub fn is_revoked(&self, revocation: &Revocation) -> bool {
-        self.revoked.contains(revocation)
+        let covered = match revocation {
+            Revocation::IssuerSerial { serial, .. } => {
+                self.revoked.contains(&Revocation::Serial(serial.clone()))
+            }
+            _ => false,
+        };
+        covered || self.revoked.contains(revocation)
     }
 }
 
@@ -603,13 +651,16 @@ impl Tenants {
             return Err(TenantError::Invalid("the reason is empty".into()));
         }
         let txn = self.db.begin().await?;
-        let key = (revocation.kind().to_owned(), revocation.value().to_owned());
+        let key = (
+            revocation.kind().to_owned(),
+            revocation.value().into_owned(),
+        );
         if revoked::Entity::find_by_id(key).one(&txn).await?.is_some() {
             return Ok(());
         }
         let inserted = revoked::ActiveModel {
             kind: Set(revocation.kind().to_owned()),
-            value: Set(revocation.value().to_owned()),
+            value: Set(revocation.value().into_owned()),
             reason: Set(reason.to_owned()),
             revoked_at_ms: Set(now_ms()),
         }
@@ -625,7 +676,7 @@ impl Tenants {
             Revocation::Fingerprint(fp) => find_binding(&txn, &Binding::Fingerprint(fp.clone()))
                 .await?
                 .and_then(|row| TenantId::parse(&row.tenant).ok()),
-            Revocation::Serial(_) => None,
+            Revocation::IssuerSerial { .. } | Revocation::Serial(_) => None,
         };
         let detail = json!({
             "kind": revocation.kind(),

@@ -234,6 +234,25 @@ async fn exercise(db: DatabaseConnection) {
     assert_eq!(audit[11].detail["name"], "Acme Corp");
     assert_eq!(registry.audit(2).await.unwrap(), audit[..2]);
 
+    // A serial is revoked for its issuer only; a serial revoked from every issuer covers all.
+    let issued_by = |issuer: &str, serial: &str| Revocation::IssuerSerial {
+        issuer: issuer.into(),
+        serial: serial.into(),
+    };
+    registry
+        .revoke("dave", issued_by(" CN=CA One ", "00:12"), "lost")
+        .await
+        .unwrap();
+    let snapshot = registry.snapshot().await.unwrap();
+    assert!(snapshot.is_revoked(&issued_by("CN=CA One", "12")));
+    assert!(!snapshot.is_revoked(&issued_by("CN=CA Two", "12")));
+    assert!(!snapshot.is_revoked(&Revocation::Serial("12".into())));
+    assert!(snapshot.is_revoked(&issued_by("CN=CA Two", "abcd")));
+    assert_eq!(
+        registry.audit(1).await.unwrap()[0].detail["value"],
+        "12 CN=CA One"
+    );
+
     assert!(matches!(
         registry
             .create_tenant(" ", &ghost, "Ghost", Quotas::default())
@@ -247,7 +266,7 @@ fn canonical_forms() {
     let serial = |s: &str| {
         Revocation::Serial(s.into())
             .canonical()
-            .map(|r| r.value().to_owned())
+            .map(|r| r.value().into_owned())
     };
     assert_eq!(serial("00:0A:BC").unwrap(), "0abc");
     assert_eq!(serial("abc").unwrap(), "0abc");
