@@ -1,6 +1,6 @@
 //! `sluice-admin`: the operator's command line for the tenant registry (tenants, their
 //! state and quotas, certificate bindings and revocations, the audit trail), for
-//! development certificates, and for re-driving dead letters.
+//! development certificates, for looking up an ingestion, and for re-driving dead letters.
 //!
 //! It reads the same configuration as the gateway to find the database. Every change is
 //! recorded in the registry's audit trail under `--actor`. Certificate commands that only
@@ -73,6 +73,19 @@ enum Command {
     /// Records that failed for good and went to the dead-letter topic.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// One ingestion as the gateway recorded it, with its Kafka position (which tenants are
+    /// not shown: offsets on a shared partition count other tenants' records).
+    #[command(subcommand)]
+    Ingestion(IngestionCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum IngestionCommand {
+    Show {
+        #[arg(value_parser = TenantId::parse)]
+        tenant: TenantId,
+        ingestion_id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +240,8 @@ enum CertCommand {
     Revoke {
         #[command(flatten)]
         certificate: RevocationFlags,
+        #[command(flatten)]
+        issuer: IssuerFlags,
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
@@ -277,7 +292,8 @@ struct RevocationFlags {
     /// A certificate file: revokes its serial and its fingerprint.
     #[arg(long)]
     cert: Option<PathBuf>,
-    /// Serial number, hex (colons allowed).
+    /// Serial number, hex (colons allowed), with --issuer (serials are unique per issuer only)
+    /// or --any-issuer.
     #[arg(long)]
     serial: Option<String>,
     /// SHA-256 of the certificate's DER, hex (colons allowed).
@@ -285,16 +301,36 @@ struct RevocationFlags {
     fingerprint: Option<String>,
 }
 
+#[derive(Args, Debug)]
+struct IssuerFlags {
+    /// The issuing CA's subject, e.g. "CN=Sluice development CA" (`openssl x509 -issuer`).
+    #[arg(long, requires = "serial", conflicts_with = "any_issuer")]
+    issuer: Option<String>,
+    /// Revoke the serial whichever CA issued it.
+    #[arg(long, requires = "serial")]
+    any_issuer: bool,
+}
+
 impl RevocationFlags {
     /// The revocations, in the registry's canonical form so they print as stored.
-    fn revocations(&self) -> anyhow::Result<Vec<Revocation>> {
+    fn revocations(&self, issuer: &IssuerFlags) -> anyhow::Result<Vec<Revocation>> {
         let revocations: Vec<Revocation> = match self {
             RevocationFlags {
                 cert: Some(path), ..
             } => read_identity(path)?.revocations().into(),
             RevocationFlags {
                 serial: Some(hex), ..
-            } => vec![Revocation::Serial(hex.clone())],
+            } => match (&issuer.issuer, issuer.any_issuer) {
+                (Some(issuer), _) => vec![Revocation::IssuerSerial {
+                    issuer: issuer.clone(),
+                    serial: hex.clone(),
+                }],
+                (None, true) => vec![Revocation::Serial(hex.clone())],
+                (None, false) => bail!(
+                    "a serial is unique only within its issuer: give --issuer (the CA's \
+                     subject) or --any-issuer"
+                ),
+            },
             RevocationFlags {
                 fingerprint: Some(hex),
                 ..
@@ -330,12 +366,15 @@ impl Cli {
     }
 
     /// The registry in the configured database (migrated on connect, like the gateway's).
-    async fn registry(&self) -> anyhow::Result<Tenants> {
+    async fn database(&self) -> anyhow::Result<sea_orm::DatabaseConnection> {
         let url = self.config()?.database_url();
-        let db = sluice_core::db::connect(&url)
+        sluice_core::db::connect(&url)
             .await
-            .with_context(|| format!("database {}", redact_password(&url)))?;
-        Ok(Tenants::new(db))
+            .with_context(|| format!("database {}", redact_password(&url)))
+    }
+
+    async fn registry(&self) -> anyhow::Result<Tenants> {
+        Ok(Tenants::new(self.database().await?))
     }
 }
 
@@ -346,6 +385,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => cert(&cli, command).await,
         Command::Audit { limit } => audit(&cli, *limit).await,
         Command::DeadLetters(command) => dead_letters(&cli, command).await,
+        Command::Ingestion(IngestionCommand::Show {
+            tenant,
+            ingestion_id,
+        }) => show_ingestion(&cli, tenant, ingestion_id).await,
     }
 }
 
@@ -565,9 +608,10 @@ async fn cert(cli: &Cli, command: &CertCommand) -> anyhow::Result<()> {
         }
         CertCommand::Revoke {
             certificate,
+            issuer,
             reason,
         } => {
-            let revocations = certificate.revocations()?;
+            let revocations = certificate.revocations(issuer)?;
             let registry = cli.registry().await?;
             for revocation in revocations {
                 registry
@@ -576,6 +620,32 @@ async fn cert(cli: &Cli, command: &CertCommand) -> anyhow::Result<()> {
                 println!("revoked {revocation} ({reason})");
             }
         }
+    }
+    Ok(())
+}
+
+async fn show_ingestion(cli: &Cli, tenant: &TenantId, ingestion_id: &str) -> anyhow::Result<()> {
+    let db = cli.database().await?;
+    let Some(row) = sluice_core::db::projection::get(&db, tenant.as_str(), ingestion_id).await?
+    else {
+        bail!("tenant {tenant} has no ingestion {ingestion_id}");
+    };
+    println!("ingestion: {}", row.ingestion_id);
+    println!("tenant:    {}", row.tenant);
+    println!("document:  {}", row.document_id);
+    println!("operation: {}", row.operation);
+    println!("state:     {}", row.state);
+    println!(
+        "kafka:     {} partition {} offset {}",
+        row.kafka_topic, row.kafka_partition, row.kafka_offset
+    );
+    println!("chunks:    {}", row.chunk_count);
+    println!("accepted:  {}", format_ms(row.accepted_at_ms));
+    if let Some(at) = row.completed_at_ms {
+        println!("completed: {}", format_ms(at));
+    }
+    if let Some(reason) = &row.failure_reason {
+        println!("failure:   {reason}");
     }
     Ok(())
 }

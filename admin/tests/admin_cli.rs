@@ -193,9 +193,71 @@ async fn operator_session() {
     );
 
     // Values are printed and stored in canonical form, however they were typed.
-    let by_serial = ok(dir, &["cert", "revoke", "--serial", "00:AB:CD"]);
-    assert!(by_serial.contains("revoked serial abcd"), "{by_serial}");
+    // A serial names a certificate only together with its issuer.
+    let no_issuer = fails(dir, &["cert", "revoke", "--serial", "00:AB:CD"]);
+    assert!(no_issuer.contains("--issuer"), "{no_issuer}");
+    let by_serial = ok(
+        dir,
+        &["cert", "revoke", "--serial", "00:AB:CD", "--any-issuer"],
+    );
+    assert!(
+        by_serial.contains("revoked serial abcd of every issuer"),
+        "{by_serial}"
+    );
     let latest = ok(dir, &["audit", "--limit", "1"]);
     assert_eq!(latest.lines().count(), 2, "{latest}");
     assert!(latest.contains(r#""value":"abcd""#), "{latest}");
+    // The server certificate's serial, revoked for another CA, leaves it valid.
+    let other_ca = ok(
+        dir,
+        &[
+            "cert",
+            "revoke",
+            "--serial",
+            &server.serial,
+            "--issuer",
+            "CN=Some other CA",
+        ],
+    );
+    assert!(
+        other_ca.contains("of issuer CN=Some other CA"),
+        "{other_ca}"
+    );
+    let snapshot = registry.snapshot().await.unwrap();
+    assert!(!snapshot.is_revoked(&server.revocations()[0]));
+    assert!(snapshot.is_revoked(&Revocation::IssuerSerial {
+        issuer: "CN=Some other CA".into(),
+        serial: server.serial.clone(),
+    }));
+
+    // An ingestion's Kafka position is the operator's to see, per tenant.
+    use sea_orm::EntityTrait;
+    use sluice_core::db::ingestion;
+    let db = sluice_core::db::connect(&url).await.unwrap();
+    ingestion::Entity::insert(ingestion::ActiveModel::from(ingestion::Model {
+        ingestion_id: "ing-1".into(),
+        tenant: "acme".into(),
+        document_id: "doc-1".into(),
+        operation: "upsert".into(),
+        state: "indexed".into(),
+        kafka_topic: "sluice.documents".into(),
+        kafka_partition: 3,
+        kafka_offset: 42,
+        chunk_count: 2,
+        failure_reason: None,
+        idempotency_key: None,
+        accepted_at_ms: 1_700_000_000_000,
+        completed_at_ms: Some(1_700_000_001_000),
+        content_hash: None,
+    }))
+    .exec_without_returning(&db)
+    .await
+    .unwrap();
+    let shown = ok(dir, &["ingestion", "show", "acme", "ing-1"]);
+    assert!(
+        shown.contains("sluice.documents partition 3 offset 42"),
+        "{shown}"
+    );
+    let elsewhere = fails(dir, &["ingestion", "show", "globex", "ing-1"]);
+    assert!(elsewhere.contains("has no ingestion"), "{elsewhere}");
 }

@@ -46,9 +46,10 @@ async fn ingest_watch_search(database: Database) {
             .into_inner();
         let ingestion = response.ingestion.unwrap();
         assert_eq!(state(&ingestion), IngestionState::Accepted);
-        let position = ingestion.position.as_ref().unwrap();
-        assert_eq!(position.topic, "sluice.documents");
-        assert!(position.offset >= 0);
+        // Kafka offsets count other tenants' records too: never shown to a tenant.
+        #[allow(deprecated)]
+        let position = &ingestion.position;
+        assert_eq!(position, &None);
         ids.insert(ingestion.ingestion_id.clone(), id);
     }
 

@@ -13,7 +13,7 @@ use sluice_core::proto::ingest_service_server::IngestService;
 use sluice_core::proto::{
     DeleteDocumentRequest, DeleteDocumentResponse, GetIngestionRequest, IngestBatchRequest,
     IngestBatchResponse, IngestRequest, IngestResponse, Ingestion, IngestionEvent, IngestionState,
-    KafkaPosition, Operation, WatchIngestionsRequest,
+    Operation, WatchIngestionsRequest,
 };
 use sluice_core::record::DocumentRecord;
 use sluice_core::telemetry::Chain;
@@ -482,11 +482,9 @@ pub fn to_proto(row: &ingestion::Model) -> Ingestion {
         document_id: row.document_id.clone(),
         operation: operation as i32,
         state: state as i32,
-        position: Some(KafkaPosition {
-            topic: row.kafka_topic.clone(),
-            partition: row.kafka_partition,
-            offset: row.kafka_offset,
-        }),
+        // Offsets count every tenant's records on a shared partition: not a tenant's to see.
+        #[allow(deprecated)]
+        position: None,
         chunk_count: row.chunk_count.max(0) as u32,
         failure_reason: row.failure_reason.clone().unwrap_or_default(),
         accepted_at: Some(timestamp(row.accepted_at_ms)),
