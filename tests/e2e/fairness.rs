@@ -1,11 +1,12 @@
 //! Fairness: tenant A sends at ten times its quota while tenant B's Ingest latency stays within
-//! twice its baseline. Ignored in the main run, so no other test shares the two cores while it
+//! twice its baseline; tenant A's large document delays tenant B's small one by no more than
+//! its own indexing time. Ignored in the main run, so no other test shares the two cores while it
 //! measures: `deploy/dev/test` runs it alone afterwards.
 
 use std::time::{Duration, Instant};
 
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
-use sluice_core::proto::IngestRequest;
+use sluice_core::proto::{GetIngestionRequest, IngestRequest, IngestionState};
 use sluice_core::tenants::QuotaUpdate;
 use sluice_tests::{document, tenant_id, Database, Stack};
 use tonic::Code;
@@ -98,6 +99,86 @@ async fn a_flooding_tenant_does_not_slow_another() {
     assert!(
         under_flood <= baseline * 2,
         "B slowed from {baseline:?} to {under_flood:?}"
+    );
+    stack.shutdown().await;
+}
+
+/// One tenant's large document delays another tenant's small one behind it in the worker by
+/// about its own embedding time, and no more: per-record work is bounded
+/// (`chunking.max_document_tokens`), and nothing replays. Prints the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures latency: runs alone, after the rest (deploy/dev/test)"]
+async fn a_large_document_delays_others_by_its_embedding_time_only() {
+    let stack = Stack::start_tls(Database::Sqlite, &["tenant-a", "tenant-b"]).await;
+    let mut a = IngestServiceClient::new(stack.client_channel("tenant-a").await)
+        .max_encoding_message_size(usize::MAX);
+    let mut b = IngestServiceClient::new(stack.client_channel("tenant-b").await);
+    let waiting = |id: &str| IngestRequest {
+        wait: true,
+        ..note(id)
+    };
+
+    let mut baseline = Vec::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let done = b.ingest(waiting(&format!("alone-{i}"))).await.unwrap();
+        assert_eq!(
+            done.into_inner().ingestion.unwrap().state,
+            IngestionState::Indexed as i32
+        );
+        baseline.push(started.elapsed());
+    }
+    baseline.sort();
+    let baseline = baseline[2];
+
+    // About 30,000 tokens: over a hundred chunks.
+    let text = "Kafka keeps records in order within a partition. ".repeat(3_000);
+    let large = IngestRequest {
+        document: Some(document("large", "large", &text)),
+        ..Default::default()
+    };
+    let sent = Instant::now();
+    let large = a
+        .ingest(large)
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestion
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let small = b.ingest(waiting("behind")).await.unwrap().into_inner();
+    let behind = started.elapsed();
+    assert_eq!(
+        small.ingestion.unwrap().state,
+        IngestionState::Indexed as i32
+    );
+    // When A's document finished: GetIngestion until it is no longer ACCEPTED.
+    let large_indexed = loop {
+        let now = a
+            .get_ingestion(GetIngestionRequest {
+                ingestion_id: large.ingestion_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if now.state != IngestionState::Accepted as i32 {
+            assert_eq!(now.state, IngestionState::Indexed as i32, "{now:?}");
+            break sent.elapsed();
+        }
+        assert!(sent.elapsed() < Duration::from_secs(300), "never indexed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "tenant B's small document, sent 0.2 s after tenant A's {} KB document (~30,000 tokens): \
+         indexed after {behind:?} (alone: {baseline:?}); A's document was indexed {large_indexed:?} \
+         after it was sent",
+        text.len() / 1000
+    );
+    // Delayed by at most the one document ahead of it (plus its own time), never replayed.
+    assert!(
+        behind <= large_indexed + baseline * 2 + Duration::from_secs(2),
+        "B waited {behind:?}, longer than A's document took ({large_indexed:?})"
     );
     stack.shutdown().await;
 }
