@@ -30,6 +30,7 @@ pub struct Config {
     pub tenants: TenantsConfig,
     pub schemas: SchemasConfig,
     pub log: LogConfig,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -47,6 +48,7 @@ impl Default for Config {
             tenants: TenantsConfig::default(),
             schemas: SchemasConfig::default(),
             log: LogConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -181,6 +183,9 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// First retry delay in milliseconds, doubling each time. Default 200.
     pub retry_initial_ms: u64,
+    /// `sluice-worker`'s health port: `/livez`, `/readyz`, `/healthz`, `/metrics`. Default
+    /// `127.0.0.1:8081` (a standalone gateway's worker reports on the gateway's port).
+    pub health_listen: SocketAddr,
 }
 
 impl Default for WorkerConfig {
@@ -190,6 +195,7 @@ impl Default for WorkerConfig {
             instance_id: default_instance_id(),
             max_attempts: 3,
             retry_initial_ms: 200,
+            health_listen: "127.0.0.1:8081".parse().expect("valid"),
         }
     }
 }

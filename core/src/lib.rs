@@ -16,11 +16,15 @@
 //! - [`tenants`]: the tenant registry: tenants, their state and quotas, certificate bindings,
 //!   revocations, and the audit trail of every change.
 //! - [`health`]: the dependency report behind `/healthz` and gRPC health.
+//! - [`lag`]: consumer lag per partition, in offsets and seconds.
+//! - [`metrics`]: the Prometheus recorder behind `/metrics`, and bounded tenant labels.
 
 pub mod config;
 pub mod db;
 pub mod health;
 pub mod kafka;
+pub mod lag;
+pub mod metrics;
 pub mod proto;
 pub mod record;
 pub mod schema;

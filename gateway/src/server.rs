@@ -40,6 +40,7 @@ use crate::tenancy::quota::QuotaGate;
 use crate::tenancy::tls::{ReloadingTls, TlsFiles};
 use crate::transport::connections::{ConnectionLimit, Counted};
 use crate::transport::messages::{MessageLimits, ENVELOPE_BYTES};
+use crate::transport::observe::RpcMetrics;
 
 pub use sluice_worker::Shared;
 
@@ -108,9 +109,21 @@ impl Gateway {
         );
 
         let hub = Hub::new(4096);
+        let completions_group = format!("sluice-gateway-{instance}");
+        // Lag of the workers' group (the always-on gateway reports it even while no worker
+        // runs) and of this gateway's own completions consumer.
+        let mut lag_monitors = Vec::new();
+        for (group, topic) in [
+            (&config.worker.group_id, &config.kafka.documents_topic),
+            (&completions_group, &config.kafka.completions_topic),
+        ] {
+            let (_, task) =
+                sluice_core::lag::spawn(&config.kafka, group, topic, LAG_EVERY, shutdown.clone())?;
+            lag_monitors.push(task);
+        }
         let completions = completions::spawn(
             config.kafka.clone(),
-            format!("sluice-gateway-{instance}"),
+            completions_group,
             shared.db.clone(),
             hub.clone(),
             shutdown.clone(),
@@ -223,6 +236,10 @@ impl Gateway {
             .http2_keepalive_interval(Some(Duration::from_secs(gateway.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(gateway.keepalive_timeout_secs)))
             .tcp_keepalive(Some(Duration::from_secs(60)))
+            .layer(RpcMetrics::new(&[
+                sluice_core::proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ]))
             .layer(admission)
             .layer(limits);
         let router = server
@@ -287,6 +304,7 @@ impl Gateway {
                     appender_task,
                     recorder_task,
                 ]);
+                background.extend(lag_monitors);
                 background
             },
             appender: Some(appender),
@@ -316,6 +334,8 @@ impl RunningGateway {
     }
 }
 
+/// How often consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Each method's largest request message, from the configured document and request limits.
 fn message_limits(gateway: &sluice_core::config::GatewayConfig) -> MessageLimits {
     let ceiling = gateway.max_request_bytes;

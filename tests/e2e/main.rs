@@ -10,6 +10,7 @@ mod fairness;
 mod faults;
 mod hostile;
 mod isolation;
+mod metrics;
 mod operations;
 mod pipeline;
 mod quotas;

@@ -12,7 +12,7 @@ use sluice_core::proto::{
 };
 use sluice_core::vector::{IndexedDocument, VectorHit, VectorQuery, VectorStore, VectorStoreError};
 use sluice_gateway::server::{Gateway, Shared};
-use sluice_tests::{as_tenant, document, state, test_config, Broker, Database, Stack};
+use sluice_tests::{as_tenant, document, http_get, state, test_config, Broker, Database, Stack};
 use tokio_stream::StreamExt;
 
 const TENANT: &str = "acme";
@@ -159,27 +159,6 @@ async fn health_reports_each_dependency() {
         "{report}"
     );
     stack.shutdown().await;
-}
-
-async fn http_get(url: &str) -> (u16, String) {
-    // curl is on every machine this runs on; it keeps an HTTP client out of the dependencies.
-    let output = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--max-time",
-            "20",
-            url,
-        ])
-        .output()
-        .await
-        .expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.trim().parse().expect("status code"), body.to_owned())
 }
 
 /// A worker killed mid-stream loses nothing: the next one resumes from the committed offsets

@@ -109,3 +109,25 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// GET `url` on loopback: the status code and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    // curl is on every machine this runs on; it keeps an HTTP client out of the dependencies.
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "20",
+            url,
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status code"), body.to_owned())
+}

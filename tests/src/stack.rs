@@ -47,6 +47,9 @@ pub async fn test_config(broker: &Broker, data_dir: &Path, database: Database) -
     config.gateway.instance_id = format!("test-{}", uuid::Uuid::new_v4().simple());
     config.worker.instance_id = format!("test-{}", uuid::Uuid::new_v4().simple());
     config.worker.retry_initial_ms = 20;
+    config.worker.health_listen = "127.0.0.1:0".parse().unwrap();
+    // Stacks share the process's metrics recorder: every test's tenants keep their names.
+    config.metrics.max_tenant_labels = 100_000;
     config.database.url = Some(database.url(data_dir).await);
     config.model.dir = model_dir();
     config

@@ -8,8 +8,8 @@
 
 use sluice_core::telemetry::Chain;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
@@ -43,6 +43,40 @@ pub struct Worker {
     kafka: KafkaConfig,
     settings: WorkerConfig,
     indexer: Indexer,
+    assignment: Assignment,
+}
+
+/// The partitions a worker holds and when it last polled, for its health and readiness.
+/// Cheap to clone; clones share.
+#[derive(Clone, Default)]
+pub struct Assignment {
+    inner: Arc<Mutex<(Vec<i32>, Option<Instant>)>>,
+}
+
+impl Assignment {
+    /// The documents topic's partitions held now; empty while idle or joining.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.inner.lock().expect("assignment lock").0.clone()
+    }
+
+    /// How long ago the consumer last polled; `None` before it first did.
+    pub fn last_poll(&self) -> Option<Duration> {
+        self.inner
+            .lock()
+            .expect("assignment lock")
+            .1
+            .map(|at| at.elapsed())
+    }
+
+    fn update(&self, consumer: &StreamConsumer) {
+        let mut partitions: Vec<i32> = consumer
+            .assignment()
+            .map(|list| list.elements().iter().map(|p| p.partition()).collect())
+            .unwrap_or_default();
+        partitions.sort_unstable();
+        metrics::gauge!("sluice_worker_assigned_partitions").set(partitions.len() as f64);
+        *self.inner.lock().expect("assignment lock") = (partitions, Some(Instant::now()));
+    }
 }
 
 /// A running worker; [`WorkerHandle::shutdown`] stops it after its current batch.
@@ -70,7 +104,13 @@ impl Worker {
             kafka,
             settings,
             indexer,
+            assignment: Assignment::default(),
         }
+    }
+
+    /// What this worker holds, kept up to date while it runs.
+    pub fn assignment(&self) -> Assignment {
+        self.assignment.clone()
     }
 
     pub fn spawn(self) -> WorkerHandle {
@@ -143,9 +183,15 @@ impl Worker {
                 .await?;
         tracing::info!(group = %self.settings.group_id, %transactional_id, "worker consuming {}", self.kafka.documents_topic);
 
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = refresh.tick() => {
+                    // Rebalances happen inside recv(); what it holds is read here.
+                    self.assignment.update(consumer);
+                    continue;
+                }
                 message = consumer.recv() => match message {
                     Ok(message) => message.detach(),
                     Err(error) => {
@@ -171,9 +217,12 @@ impl Worker {
             }
 
             let mut outgoing = Vec::with_capacity(batch.len());
+            let mut completed = Vec::with_capacity(batch.len());
             let mut next_offsets = BTreeMap::new();
             for message in &batch {
-                outgoing.extend(self.handle(message).await);
+                let (records, completion) = self.handle(message).await;
+                outgoing.extend(records);
+                completed.extend(completion);
                 next_offsets.insert(
                     (message.topic().to_owned(), message.partition()),
                     message.offset() + 1,
@@ -186,14 +235,25 @@ impl Worker {
             let group = consumer
                 .group_metadata()
                 .ok_or_else(|| anyhow::anyhow!("no consumer group metadata"))?;
-            producer.commit(&outgoing, Some((offsets, group))).await?;
+            let started = Instant::now();
+            let committed = producer.commit(&outgoing, Some((offsets, group))).await;
+            metrics::histogram!("sluice_worker_commit_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if committed.is_err() {
+                metrics::counter!("sluice_worker_transactions_aborted_total").increment(1);
+            }
+            committed?;
+            metrics::counter!("sluice_worker_records_consumed_total").increment(batch.len() as u64);
+            metrics::histogram!("sluice_worker_batch_records_per_batch").record(batch.len() as f64);
+            completed.iter().for_each(count_completion);
             tracing::debug!(records = batch.len(), "batch committed");
         }
     }
 
     /// Processes one record into what the transaction must carry: its completion, and a
-    /// dead letter when it could not be processed.
-    async fn handle(&self, message: &OwnedMessage) -> Vec<OutgoingRecord> {
+    /// dead letter when it could not be processed. Also returns the completion, counted in
+    /// the metrics once the transaction commits.
+    async fn handle(&self, message: &OwnedMessage) -> (Vec<OutgoingRecord>, Option<Completion>) {
         let origin = Position {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -204,13 +264,11 @@ impl Worker {
             Err(error) => {
                 // Without its headers there is no ingestion to complete; keep the record.
                 tracing::error!(error = %Chain(&error), ?origin, "malformed record sent to dead letters");
-                return vec![self.dead_letter(
-                    message,
-                    &origin,
-                    "malformed",
-                    &error.to_string(),
-                    1,
-                )];
+                metrics::counter!("sluice_worker_dead_letters_total", "class" => "malformed")
+                    .increment(1);
+                let dead_letter =
+                    self.dead_letter(message, &origin, "malformed", &error.to_string(), 1);
+                return (vec![dead_letter], None);
             }
         };
         let mut attempts = 0;
@@ -225,7 +283,10 @@ impl Worker {
                 .with_jitter(),
         )
         .when(ProcessError::is_transient)
-        .notify(|error, delay| tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(error), ?delay, "retrying"))
+        .notify(|error, delay| {
+            metrics::counter!("sluice_worker_retries_total").increment(1);
+            tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(error), ?delay, "retrying")
+        })
         .await;
 
         let mut outgoing = Vec::with_capacity(2);
@@ -234,6 +295,8 @@ impl Worker {
             Err(error) => {
                 tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(&error), attempts, "ingestion failed");
                 if error.is_transient() {
+                    metrics::counter!("sluice_worker_dead_letters_total", "class" => error.class())
+                        .increment(1);
                     outgoing.push(self.dead_letter(
                         message,
                         &origin,
@@ -273,7 +336,7 @@ impl Worker {
             payload: completion.to_json(),
             headers: OwnedHeaders::new(),
         });
-        outgoing
+        (outgoing, Some(completion))
     }
 
     fn dead_letter(
@@ -321,4 +384,19 @@ impl Worker {
             headers,
         }
     }
+}
+
+/// A committed completion in the metrics: documents by outcome and tenant, and how long the
+/// document took from the gateway's acceptance to here.
+fn count_completion(completion: &Completion) {
+    let tenant = sluice_core::metrics::tenant_label(&completion.tenant);
+    let name = match completion.outcome {
+        Outcome::Indexed => "sluice_worker_documents_indexed_total",
+        Outcome::Deleted => "sluice_worker_documents_deleted_total",
+        Outcome::Failed => "sluice_worker_documents_failed_total",
+    };
+    metrics::counter!(name, "tenant" => tenant).increment(1);
+    metrics::histogram!("sluice_worker_ingest_to_completed_seconds").record(
+        sluice_core::metrics::seconds_since_ms(completion.accepted_at_ms),
+    );
 }

@@ -1,6 +1,7 @@
 //! One document record through the pipeline: decode → chunk → embed → index.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sluice_core::record::{DocumentRecord, Operation, Outcome};
 use sluice_core::schema::DocumentSchema;
@@ -80,7 +81,12 @@ impl Indexer {
     async fn upsert(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
         let text = self.decode(record).await?;
         let pieces = self.chunk(text.0).await?;
+        let started = Instant::now();
         let vectors = self.embed(&pieces).await?;
+        metrics::histogram!("sluice_worker_embedding_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sluice_worker_embedding_chunks_per_batch").record(pieces.len() as f64);
+        metrics::counter!("sluice_worker_chunks_embedded_total").increment(pieces.len() as u64);
         let chunks: Vec<Chunk> = pieces
             .into_iter()
             .zip(vectors)
@@ -96,6 +102,7 @@ impl Indexer {
         // they are part of the validated document.
         let mut attributes = record.attributes.clone();
         attributes.extend(text.1);
+        let started = Instant::now();
         self.store
             .index_document(IndexedDocument {
                 tenant: record.tenant.to_string(),
@@ -106,6 +113,8 @@ impl Indexer {
             })
             .await
             .map_err(|e| ProcessError::Transient(Chain(&e).to_string()))?;
+        metrics::histogram!("sluice_worker_upsert_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(Processed {
             outcome: Outcome::Indexed,
             chunk_count,

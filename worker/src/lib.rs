@@ -8,6 +8,8 @@
 //!   of records through the indexer and commits their completion events together with the
 //!   consumed offsets in one transaction.
 //! - [`shared`]: what a process opens at start (model, vector store, database, schemas).
+//! - [`health`]: `/livez`, `/readyz`, `/healthz` and `/metrics` on the worker's health port,
+//!   and the model check and metrics handler the gateway's health port shares.
 //!
 //! A record is processed at least once, and processing it again changes nothing (point ids are
 //! deterministic), so with the transactional commit each ingestion gets exactly one committed
@@ -15,6 +17,7 @@
 
 pub mod chunk;
 pub mod consumer;
+pub mod health;
 pub mod indexer;
 pub mod shared;
 

@@ -3,10 +3,16 @@
 
 use std::path::PathBuf;
 
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
 use serde_json::{json, Map, Value};
 use sluice_core::config::{Config, VectorStoreKind};
+use sluice_worker::health::{ModelCheck, WorkerHealth};
 use sluice_worker::Worker;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Sluice indexing worker")]
@@ -47,9 +53,38 @@ async fn main() -> anyhow::Result<()> {
     }
     let shared = sluice_worker::Shared::open(&config).await?;
     sluice_core::kafka::ensure_topics(&config.kafka).await?;
-    let indexer =
-        sluice_worker::indexer_for(&config, shared.schemas, shared.embedder, shared.store)?;
-    let worker = Worker::new(config.kafka.clone(), config.worker.clone(), indexer).spawn();
+    let indexer = sluice_worker::indexer_for(
+        &config,
+        shared.schemas.clone(),
+        shared.embedder.clone(),
+        shared.store.clone(),
+    )?;
+    let worker = Worker::new(config.kafka.clone(), config.worker.clone(), indexer);
+    let stop = CancellationToken::new();
+    let (lag, lag_task) = sluice_core::lag::spawn(
+        &config.kafka,
+        &config.worker.group_id,
+        &config.kafka.documents_topic,
+        Duration::from_secs(5),
+        stop.clone(),
+    )?;
+    let health = WorkerHealth {
+        store: shared.store.clone(),
+        model: ModelCheck::new(shared.embedder.clone()),
+        schemas: shared.schemas.clone(),
+        assignment: worker.assignment(),
+        lag,
+    };
+    let listener = tokio::net::TcpListener::bind(config.worker.health_listen)
+        .await
+        .with_context(|| format!("binding {}", config.worker.health_listen))?;
+    tracing::info!(health = %listener.local_addr()?, "worker health serving");
+    let health_server = tokio::spawn(
+        axum::serve(listener, health.router())
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let worker = worker.spawn();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -58,5 +93,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: finishing the current batch");
     worker.shutdown().await;
+    stop.cancel();
+    let _ = tokio::join!(health_server, lag_task);
     Ok(())
 }

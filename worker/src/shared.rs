@@ -33,6 +33,7 @@ impl Shared {
     /// Loads the model, opens the vector store and connects to the database, per `config`.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         sluice_core::schema::limit_decoder_allocations(config.gateway.max_payload_bytes);
+        sluice_core::metrics::install(&config.metrics);
         let model = config.model.clone();
         let embedder = tokio::task::spawn_blocking(move || {
             Embedder::load(

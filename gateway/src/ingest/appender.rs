@@ -117,8 +117,14 @@ impl Commit for Transactions {
             }
         }
         let active = self.producer.as_ref().expect("set above");
+        let started = std::time::Instant::now();
         let result = active.commit(records, None).await;
+        metrics::histogram!("sluice_gateway_transaction_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sluice_gateway_transaction_records_per_batch")
+            .record(records.len() as f64);
         if let Err(error) = &result {
+            metrics::counter!("sluice_gateway_transactions_aborted_total").increment(1);
             tracing::warn!(error = %Chain(error), records = records.len(), "transaction not committed");
             if matches!(error, TransactionError::Fatal(_)) {
                 self.producer = None;

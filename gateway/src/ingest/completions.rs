@@ -92,4 +92,8 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
     for change in changes {
         hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
     }
+    // From the worker's commit to the waiters' wake-up (two machines' clocks: approximate).
+    metrics::histogram!("sluice_gateway_completion_wake_seconds").record(
+        sluice_core::metrics::seconds_since_ms(completion.completed_at_ms),
+    );
 }

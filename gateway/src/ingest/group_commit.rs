@@ -105,7 +105,7 @@ async fn run<C: Commit>(
                 Err(_) => break,
             }
         }
-        commit_group(&mut committer, group).await;
+        commit_group(name, &mut committer, group).await;
         if next.is_none() {
             next = requests.recv().await;
         }
@@ -114,7 +114,9 @@ async fn run<C: Commit>(
 }
 
 /// Commits one group and answers each of its requests.
-async fn commit_group<C: Commit>(committer: &mut C, group: Vec<Request<C>>) {
+async fn commit_group<C: Commit>(name: &'static str, committer: &mut C, group: Vec<Request<C>>) {
+    metrics::histogram!("sluice_gateway_group_commit_requests_per_batch", "group" => name)
+        .record(group.len() as f64);
     let mut sizes = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
     let mut items = Vec::new();

@@ -32,7 +32,7 @@ use crate::ingest::validate::{self, Refusal, Validator};
 use crate::ingest::watch::{EventTail, WATCH_PAGE};
 use crate::services::status::{self, invalid_argument, Violation};
 use crate::tenancy::auth::{Authenticator, Credentials};
-use crate::tenancy::quota::QuotaGate;
+use crate::tenancy::quota::{QuotaGate, Watcher};
 
 /// How long `wait = true` waits when the client set no deadline.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -195,6 +195,12 @@ impl Write {
             .append(records)
             .await
             .map_err(|e| status::transaction_failed(&e))?;
+        let label = sluice_core::metrics::tenant_label(tenant.as_str());
+        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        metrics::counter!("sluice_gateway_documents_accepted_total", "tenant" => label.clone())
+            .increment(records.len() as u64);
+        metrics::counter!("sluice_gateway_bytes_accepted_total", "tenant" => label)
+            .increment(bytes as u64);
         let rows: Vec<ingestion::Model> = records
             .iter()
             .zip(positions)
@@ -243,7 +249,7 @@ impl IngestService for IngestApi {
         // A call that waits holds a watch stream's place while it waits.
         let _waiting = request
             .wait
-            .then(|| self.quotas.open_watch(&caller))
+            .then(|| self.quotas.open_watch(&caller, Watcher::Waiting))
             .transpose()?;
         self.quotas.admit(&caller, 1, size)?;
         let tenant = caller.tenant;
@@ -326,7 +332,7 @@ impl IngestService for IngestApi {
         let request = request.into_inner();
         let _waiting = request
             .wait
-            .then(|| self.quotas.open_watch(&caller))
+            .then(|| self.quotas.open_watch(&caller, Watcher::Waiting))
             .transpose()?;
         let tenant = caller.tenant;
         let key = validate::idempotency_key(&request.idempotency_key, "idempotency_key")
@@ -369,7 +375,7 @@ impl IngestService for IngestApi {
         let caller = self.auth.caller(&request)?;
         let credentials = self.auth.credentials(&request);
         // Held for as long as the stream is open.
-        let permit = self.quotas.open_watch(&caller)?;
+        let permit = self.quotas.open_watch(&caller, Watcher::Stream)?;
         let tenant = caller.tenant;
         let request = request.into_inner();
         let after = hub::parse_cursor(&request.after_cursor)

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -17,6 +17,7 @@ use sluice_core::proto::search_service_server::SearchServiceServer;
 use sluice_core::telemetry::Chain;
 use sluice_core::vector::VectorStore;
 use sluice_embed::Embedder;
+use sluice_worker::health::ModelCheck;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
@@ -28,22 +29,14 @@ use crate::tenancy::directory::TenantDirectory;
 /// How often the gRPC health status is refreshed.
 const REFRESH: Duration = Duration::from_secs(5);
 
-/// How long the model's check stands: it runs the model, which `/healthz` must not do on
-/// every hit (a client polling it would take cores from the worker and from searches).
-const MODEL_CHECK_EVERY: Duration = Duration::from_secs(30);
-
-/// When the model was last checked, and what the check said.
-type ModelCheck = (Instant, Result<String, String>);
-
 #[derive(Clone)]
 pub struct HealthChecker {
     producer: TransactionalProducer,
     db: DatabaseConnection,
     store: Arc<dyn VectorStore>,
-    embedder: Arc<Embedder>,
     directory: TenantDirectory,
-    /// The model's last check and when it ran; one check at a time.
-    model_check: Arc<tokio::sync::Mutex<Option<ModelCheck>>>,
+    /// The model runs at most every 30 s for health, whoever polls.
+    model: ModelCheck,
 }
 
 impl HealthChecker {
@@ -58,9 +51,8 @@ impl HealthChecker {
             producer,
             db,
             store,
-            embedder,
             directory,
-            model_check: Arc::default(),
+            model: ModelCheck::new(embedder),
         }
     }
 
@@ -73,7 +65,7 @@ impl HealthChecker {
             .await
             .map(|()| self.store.kind())
             .map_err(|e| Chain(&e).to_string());
-        let model = self.model().await;
+        let model = self.model.check().await;
         let tenants = self
             .directory
             .current()
@@ -91,28 +83,6 @@ impl HealthChecker {
         ]))
     }
 
-    /// The model is loaded at start; that it still embeds is the check, run at most every
-    /// [`MODEL_CHECK_EVERY`].
-    async fn model(&self) -> Result<String, String> {
-        let mut last = self.model_check.lock().await;
-        if let Some((at, result)) = last.as_ref() {
-            if at.elapsed() < MODEL_CHECK_EVERY {
-                return result.clone();
-            }
-        }
-        let embedder = self.embedder.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            embedder
-                .embed(&["health"])
-                .map(|v| format!("{} dimensions", v[0].len()))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| Chain(&e).to_string()));
-        *last = Some((Instant::now(), result.clone()));
-        result
-    }
-
     /// Keeps the gRPC health service in step with the dependencies until shutdown, when every
     /// service turns NOT_SERVING so load balancers drain this instance.
     pub async fn drive_grpc(self, reporter: HealthReporter, shutdown: CancellationToken) {
@@ -127,23 +97,44 @@ impl HealthChecker {
         set_all(&reporter, false).await;
     }
 
-    /// `GET /healthz`: 200 with the report when all is up, 503 with it otherwise.
+    /// `GET /healthz`: 200 with the report when all is up, 503 with it otherwise; `/readyz`
+    /// the same without the report, `/livez` 200 while the process answers; `GET /metrics`:
+    /// the process's metrics in the Prometheus text format.
     pub fn router(self) -> Router {
-        Router::new().route(
-            "/healthz",
-            get(move || {
-                let checker = self.clone();
-                async move {
-                    let report = checker.report().await;
-                    let code = if report.status == Status::Up {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (code, Json(report))
-                }
-            }),
-        )
+        let ready = self.clone();
+        Router::new()
+            .route("/metrics", get(sluice_worker::health::metrics))
+            .route("/livez", get(|| async { "live" }))
+            // Ready to take traffic: every dependency answers (what gRPC health reports).
+            .route(
+                "/readyz",
+                get(move || {
+                    let checker = ready.clone();
+                    async move {
+                        match checker.report().await.status {
+                            Status::Up => (StatusCode::OK, "ready"),
+                            Status::Down => {
+                                (StatusCode::SERVICE_UNAVAILABLE, "not ready: see /healthz")
+                            }
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/healthz",
+                get(move || {
+                    let checker = self.clone();
+                    async move {
+                        let report = checker.report().await;
+                        let code = if report.status == Status::Up {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        (code, Json(report))
+                    }
+                }),
+            )
     }
 }
 

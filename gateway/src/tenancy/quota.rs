@@ -143,8 +143,9 @@ impl QuotaGate {
         Ok(())
     }
 
-    /// A place for one more watch stream; it is given back when the permit is dropped.
-    pub fn open_watch(&self, caller: &Caller) -> Result<WatchPermit, Status> {
+    /// A place for one more watch stream, or call waiting with `wait = true`; it is given
+    /// back when the permit is dropped.
+    pub fn open_watch(&self, caller: &Caller, kind: Watcher) -> Result<WatchPermit, Status> {
         let open = self
             .watches
             .lock()
@@ -168,18 +169,39 @@ impl QuotaGate {
                 Some(Duration::from_secs(1)),
             ));
         }
-        Ok(WatchPermit { open })
+        metrics::gauge!(kind.gauge()).increment(1);
+        Ok(WatchPermit { open, kind })
     }
 }
 
-/// Held by an open watch stream.
+/// What holds a [`WatchPermit`]: both count against `max_watch_streams`.
+#[derive(Debug, Clone, Copy)]
+pub enum Watcher {
+    /// A WatchIngestions stream.
+    Stream,
+    /// An Ingest or DeleteDocument waiting for its ingestion to end.
+    Waiting,
+}
+
+impl Watcher {
+    fn gauge(self) -> &'static str {
+        match self {
+            Watcher::Stream => "sluice_gateway_watch_streams",
+            Watcher::Waiting => "sluice_gateway_waiting_calls",
+        }
+    }
+}
+
+/// Held by an open watch stream or a waiting call.
 pub struct WatchPermit {
     open: Arc<AtomicU32>,
+    kind: Watcher,
 }
 
 impl Drop for WatchPermit {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(self.kind.gauge()).decrement(1);
     }
 }
 
@@ -294,14 +316,18 @@ mod tests {
             max_watch_streams: 2,
             ..Quotas::default()
         });
-        let first = gate.open_watch(&acme).unwrap();
-        let _second = gate.open_watch(&acme).unwrap();
+        let first = gate.open_watch(&acme, Watcher::Stream).unwrap();
+        let _second = gate.open_watch(&acme, Watcher::Stream).unwrap();
         assert_eq!(
-            gate.open_watch(&acme).err().unwrap().code(),
+            gate.open_watch(&acme, Watcher::Stream)
+                .err()
+                .unwrap()
+                .code(),
             Code::ResourceExhausted
         );
         drop(first);
-        gate.open_watch(&acme).expect("a place was given back");
+        gate.open_watch(&acme, Watcher::Stream)
+            .expect("a place was given back");
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! `/metrics` on the health port: what the gateway and its worker count, checked against what
+//! a tenant did. (Stacks in this test binary share one process-wide recorder, so each test
+//! looks only at its own tenant and its own consumer group.)
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sluice_core::proto::{document::Payload, Document, IngestBatchRequest, IngestRequest};
+use sluice_tests::{as_tenant, document, ended, eventually, http_get, Database, Stack};
+
+/// The value of the series `name{labels}` (labels as written, in order), or 0.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Every series of `name` whose labels contain all of `labels`, summed.
+fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_a_tenant_did() {
+    const TENANT: &str = "metered";
+    const DOCUMENTS: usize = 60;
+    let group = format!("workers-{}", uuid::Uuid::new_v4().simple());
+    let worker_group = group.clone();
+    let stack = Stack::start_configured(Database::Sqlite, move |config| {
+        config.worker.group_id = worker_group;
+    })
+    .await;
+    let health = stack.standalone().gateway.health_addr;
+    let url = format!("http://{health}/metrics");
+    assert_eq!(http_get(&format!("http://{health}/livez")).await.0, 200);
+    assert_eq!(http_get(&format!("http://{health}/readyz")).await.0, 200);
+    let mut ingest = stack.ingest_client().await;
+
+    let documents: Vec<Document> = (0..DOCUMENTS)
+        .map(|i| {
+            let id = format!("m-{i}");
+            document(&id, &id, "Prometheus scrapes what Sluice counts.")
+        })
+        .collect();
+    let accepted = ingest
+        .ingest_batch(as_tenant(
+            TENANT,
+            IngestBatchRequest {
+                documents,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestions;
+    // One refusal: a payload that is not a document.
+    let refused = ingest
+        .ingest(as_tenant(
+            TENANT,
+            IngestRequest {
+                document: Some(Document {
+                    document_id: "bad".into(),
+                    payload: Some(Payload::AvroJson("{\"nope\": 1}".into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(refused.is_err());
+    for ingestion in &accepted {
+        ended(
+            &ingest,
+            TENANT,
+            &ingestion.ingestion_id,
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+
+    let tenant = format!("tenant=\"{TENANT}\"");
+    let text = eventually("the worker's counters", Duration::from_secs(10), || {
+        let url = url.clone();
+        let tenant = tenant.clone();
+        async move {
+            let (code, text) = http_get(&url).await;
+            assert_eq!(code, 200);
+            (value(
+                &text,
+                &format!("sluice_worker_documents_indexed_total{{{tenant}}}"),
+            ) == DOCUMENTS as f64)
+                .then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(
+        value(
+            &text,
+            &format!("sluice_gateway_documents_accepted_total{{{tenant}}}")
+        ),
+        DOCUMENTS as f64
+    );
+    assert!(
+        value(
+            &text,
+            &format!("sluice_gateway_bytes_accepted_total{{{tenant}}}")
+        ) > 0.0
+    );
+    assert!(
+        sum(
+            &text,
+            "sluice_grpc_server_requests_total",
+            &[
+                "method=\"sluice.v1.IngestService/IngestBatch\"",
+                "code=\"OK\""
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            &text,
+            "sluice_grpc_server_duration_seconds_count",
+            &[
+                "method=\"sluice.v1.IngestService/Ingest\"",
+                "code=\"INVALID_ARGUMENT\""
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            &text,
+            "sluice_gateway_refusals_total",
+            &["reason=\"invalid\""]
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            &text,
+            "sluice_gateway_transaction_duration_seconds_count",
+            &[]
+        ) >= 1.0
+    );
+    assert!(sum(&text, "sluice_worker_embedding_duration_seconds_count", &[]) >= 1.0);
+    assert!(
+        sum(
+            &text,
+            "sluice_worker_ingest_to_completed_seconds_count",
+            &[]
+        ) >= DOCUMENTS as f64
+    );
+
+    // The workers' lag on every partition of the documents topic, back to 0 once all is done.
+    let group_label = format!("group=\"{group}\"");
+    let text = eventually("the lag back to 0", Duration::from_secs(30), || {
+        let url = url.clone();
+        let group_label = group_label.clone();
+        async move {
+            let (_, text) = http_get(&url).await;
+            let partitions = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("sluice_consumer_lag_offsets{") && l.contains(&group_label)
+                })
+                .count();
+            (partitions == 3 && sum(&text, "sluice_consumer_lag_offsets", &[&group_label]) == 0.0)
+                .then_some(text)
+        }
+    })
+    .await;
+    let names: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_"))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    println!("{} metric series names: {names:?}", names.len());
+    stack.shutdown().await;
+}
