@@ -107,12 +107,7 @@ struct WorkerReport {
 
 impl WorkerHealth {
     async fn report(&self) -> WorkerReport {
-        let store = self
-            .store
-            .health()
-            .await
-            .map(|()| self.store.kind())
-            .map_err(|e| Chain(&e).to_string());
+        let store = sluice_core::vector::health_detail(self.store.as_ref()).await;
         let model = self.model.check().await;
         let assigned = self.assignment.partitions();
         let broker = match self.assignment.last_poll() {

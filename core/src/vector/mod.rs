@@ -162,6 +162,15 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn health(&self) -> Result<(), VectorStoreError>;
 }
 
+/// The store's line in a health report: its kind when it answers, else why not.
+pub async fn health_detail(store: &dyn VectorStore) -> Result<&'static str, String> {
+    store
+        .health()
+        .await
+        .map(|()| store.kind())
+        .map_err(|e| crate::telemetry::Chain(&e).to_string())
+}
+
 /// Opens the configured store: qdrant-edge under `<data_dir>/vectors`, or a Qdrant server.
 pub async fn open(
     config: &crate::config::Config,

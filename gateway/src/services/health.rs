@@ -14,7 +14,6 @@ use sluice_core::kafka::TransactionalProducer;
 use sluice_core::proto::ingest_service_server::IngestServiceServer;
 use sluice_core::proto::schema_service_server::SchemaServiceServer;
 use sluice_core::proto::search_service_server::SearchServiceServer;
-use sluice_core::telemetry::Chain;
 use sluice_core::vector::VectorStore;
 use sluice_embed::Embedder;
 use sluice_worker::health::ModelCheck;
@@ -59,12 +58,7 @@ impl HealthChecker {
     pub async fn report(&self) -> HealthReport {
         let broker = self.producer.probe().await;
         let database = sluice_core::db::probe(&self.db).await;
-        let store = self
-            .store
-            .health()
-            .await
-            .map(|()| self.store.kind())
-            .map_err(|e| Chain(&e).to_string());
+        let store = sluice_core::vector::health_detail(self.store.as_ref()).await;
         let model = self.model.check().await;
         let tenants = self
             .directory

@@ -92,11 +92,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let is_grpc = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        let is_grpc = super::is_grpc(&request);
         if !is_grpc {
             return self.inner.call(request);
         }

@@ -12,6 +12,15 @@
 //! connection, keepalive pings, TCP keepalive, the HTTP/1.1 header read timeout; the TLS
 //! handshake timeout is in [`crate::tenancy::tls`]. `SECURITY.md` lists every limit.
 
+/// Whether a request is a gRPC call (the REST API shares the port).
+pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
 pub mod connections;
 pub mod messages;
 pub mod observe;
