@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +49,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<(LagReport, JoinHandle<()>), KafkaError> {
     // The group's id, to read its committed offsets; never subscribed, so never a member.
-    let consumer: BaseConsumer = client_config(
+    let consumer: BaseConsumer<EndIsNews> = client_config(
         kafka,
         &[
             ("group.id", group),
@@ -59,7 +60,7 @@ pub fn spawn(
             ("enable.partition.eof", "true"),
         ],
     )
-    .create()?;
+    .create_with_context(EndIsNews)?;
     let consumer = Arc::new(consumer);
     let report = LagReport::default();
     let (group, topic) = (group.to_owned(), topic.to_owned());
@@ -84,9 +85,27 @@ pub fn spawn(
     Ok((report, task))
 }
 
+/// librdkafka reports reaching a partition's end as an error, and logs it as one; here it is
+/// what the probe looks for.
+struct EndIsNews;
+
+impl ClientContext for EndIsNews {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
+            tracing::warn!(%error, reason, "lag monitor");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNews {}
+
 /// One round: every partition's lag, also set as gauges.
 fn measure(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<EndIsNews>,
     group: &str,
     topic: &str,
 ) -> Result<BTreeMap<i32, PartitionLag>, KafkaError> {
@@ -141,7 +160,12 @@ enum Probe {
 }
 
 /// The first record at or after `offset` that a read_committed consumer would see.
-fn first_record(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i64) -> Probe {
+fn first_record(
+    consumer: &BaseConsumer<EndIsNews>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Probe {
     let mut at = TopicPartitionList::new();
     if at
         .add_partition_offset(topic, partition, Offset::Offset(offset))

@@ -111,12 +111,37 @@ install_buf() {
     || die "buf installed but $SLUICE_BUF does not run or reports another version"
 }
 
+# Prometheus (and promtool) from Debian's prometheus package, unpacked rather than installed:
+# installing it would start a server. The metrics test scrapes a stack with it.
+PROMETHEUS_ROOT="$SLUICE_CACHE/deploy-tools/prometheus"
+export SLUICE_PROMETHEUS="${SLUICE_PROMETHEUS:-$PROMETHEUS_ROOT/usr/bin/prometheus}"
+PROMTOOL="$PROMETHEUS_ROOT/usr/bin/promtool"
+install_prometheus() {
+  if [ -x "$SLUICE_PROMETHEUS" ] && "$SLUICE_PROMETHEUS" --version >/dev/null 2>&1 \
+      && "$PROMTOOL" --version >/dev/null 2>&1; then
+    return
+  fi
+  command -v apt-get >/dev/null || die "apt-get is required to fetch Debian's prometheus package (or set SLUICE_PROMETHEUS)"
+  say "unpacking Prometheus from Debian's prometheus package into $PROMETHEUS_ROOT"
+  local tmp; tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    [ "$(id -u)" = 0 ] || die "apt-get update needs root (or set SLUICE_PROMETHEUS)"
+    apt-get update -qq
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || die "apt-get download prometheus failed"
+  fi
+  rm -rf "$PROMETHEUS_ROOT"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$PROMETHEUS_ROOT" || die "cannot unpack the prometheus package"
+  rm -rf "$tmp"
+  "$SLUICE_PROMETHEUS" --version >/dev/null 2>&1 || die "prometheus does not run"
+}
+
 install_all() {
   command -v cargo >/dev/null || die "cargo is required"
   command -v python3 >/dev/null || die "python3 (with pip) is required"
   install_model
   install_grpcurl
   install_buf
+  install_prometheus
   install_python_clients
   install_broker
 }

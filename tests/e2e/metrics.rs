@@ -183,3 +183,136 @@ async fn metrics_count_what_a_tenant_did() {
     println!("{} metric series names: {names:?}", names.len());
     stack.shutdown().await;
 }
+
+/// A real Prometheus, scraping a stack every second on loopback; stopped with the test.
+struct Prometheus {
+    port: u16,
+    _process: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn scraping(target: std::net::SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sluice\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = sluice_tests::free_port();
+        let process = tokio::process::Command::new(sluice_tests::prometheus())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prometheus");
+        let ready = format!("http://127.0.0.1:{port}/-/ready");
+        eventually("Prometheus to start", Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move { (http_get(&ready).await.0 == 200).then_some(()) }
+        })
+        .await;
+        Self {
+            port,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    /// An instant query through the HTTP API; the first result's value, if any.
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let output = tokio::process::Command::new("curl")
+            .args(["-s", "--max-time", "10", "-G"])
+            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .arg("--data-urlencode")
+            .arg(format!("query={promql}"))
+            .output()
+            .await
+            .expect("curl");
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+/// Through a real Prometheus' query API: the workers' lag rises while the worker is stopped
+/// and falls to 0 once it is back, and documents_indexed_total matches what was ingested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_the_lag_rise_and_fall() {
+    const TENANT: &str = "scraped";
+    const DOCUMENTS: usize = 40;
+    let group = format!("workers-{}", uuid::Uuid::new_v4().simple());
+    let worker_group = group.clone();
+    let mut stack = Stack::start_configured(Database::Sqlite, move |config| {
+        config.worker.group_id = worker_group;
+    })
+    .await;
+    let prometheus = Prometheus::scraping(stack.standalone().gateway.health_addr).await;
+    let lag = format!("sum(sluice_consumer_lag_offsets{{group=\"{group}\"}})");
+    let lag_seconds = format!("max(sluice_consumer_lag_seconds{{group=\"{group}\"}})");
+    let indexed = format!("sum(sluice_worker_documents_indexed_total{{tenant=\"{TENANT}\"}})");
+
+    stack.standalone_mut().stop_worker().await;
+    let mut ingest = stack.ingest_client().await;
+    let documents: Vec<Document> = (0..DOCUMENTS)
+        .map(|i| {
+            let id = format!("p-{i}");
+            document(&id, &id, "Lag is what the workers have not done yet.")
+        })
+        .collect();
+    let stopped = std::time::Instant::now();
+    ingest
+        .ingest_batch(as_tenant(
+            TENANT,
+            IngestBatchRequest {
+                documents,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let risen = eventually("the lag to rise", Duration::from_secs(60), || {
+        let (prometheus, lag) = (&prometheus, &lag);
+        async move {
+            prometheus
+                .query(lag)
+                .await
+                .filter(|&n| n >= DOCUMENTS as f64)
+        }
+    })
+    .await;
+    // Its age grows while nothing consumes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let old = prometheus.query(&lag_seconds).await.unwrap_or(0.0);
+    assert!(old >= 1.0, "lag seconds {old}");
+    println!(
+        "worker stopped: Prometheus saw lag {risen} offsets after {:?}, {old} s old",
+        stopped.elapsed()
+    );
+
+    stack.standalone_mut().start_worker().unwrap();
+    let restarted = std::time::Instant::now();
+    eventually("the lag back to 0", Duration::from_secs(120), || {
+        let (prometheus, lag, indexed) = (&prometheus, &lag, &indexed);
+        async move {
+            let drained = prometheus.query(lag).await == Some(0.0);
+            let counted = prometheus.query(indexed).await == Some(DOCUMENTS as f64);
+            (drained && counted).then_some(())
+        }
+    })
+    .await;
+    println!(
+        "worker back: lag 0 and {DOCUMENTS} documents_indexed_total in Prometheus {:?} later",
+        restarted.elapsed()
+    );
+    stack.shutdown().await;
+}

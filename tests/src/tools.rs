@@ -30,6 +30,14 @@ pub fn grpcurl() -> PathBuf {
     installed(cache_dir().join("bin/grpcurl"), "grpcurl")
 }
 
+/// Debian's Prometheus, unpacked by `deploy/dev/install` (or `SLUICE_PROMETHEUS`).
+pub fn prometheus() -> PathBuf {
+    let path = std::env::var_os("SLUICE_PROMETHEUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("deploy-tools/prometheus/usr/bin/prometheus"));
+    installed(path, "Prometheus")
+}
+
 pub fn model_dir() -> PathBuf {
     let dir = std::env::var_os("SLUICE_MODEL_DIR")
         .map(PathBuf::from)
