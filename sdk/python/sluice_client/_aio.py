@@ -21,6 +21,7 @@ from ._common import (
     log,
     new_key,
     settings,
+    watch_error,
 )
 from ._errors import DeadlineExceeded, SluiceError, Unavailable, error_from_rpc
 from ._generated.sluice.v1 import ingest_pb2, ingest_pb2_grpc, schema_pb2, schema_pb2_grpc, search_pb2, search_pb2_grpc
@@ -194,7 +195,7 @@ class AsyncClient:
             failures += 1
             delay = self._settings.watch_retry.next_delay(error, failures, deadline)
             if delay is None:
-                raise error from cause
+                raise watch_error(self._settings.watch_retry, error, failures) from cause
             log.info("watch stream broke (%s); resuming after cursor %r in %.2f s", error, state.cursor, delay)
             await asyncio.sleep(delay)
 

@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 import grpc
 
 from ._avro import to_avro_json
-from ._errors import DeadlineExceeded
+from ._errors import DeadlineExceeded, SluiceError
 from ._generated.sluice.v1 import ingest_pb2
 from ._retry import RetryPolicy
 from ._tls import TlsCredentials
@@ -189,6 +189,16 @@ class WatchState:
     def done(self) -> bool:
         """All the watched ingestions have ended (never, for an unfiltered watch)."""
         return bool(self.ids) and len(self.finished) == len(self.ids)
+
+
+def watch_error(policy: RetryPolicy, error: SluiceError, failures: int) -> SluiceError:
+    """What a watch that cannot go on raises: ``error``, or DeadlineExceeded when only its
+    deadline kept it from trying again (the watch's timeout is what ended it)."""
+    if not policy.retries(error, failures) or isinstance(error, DeadlineExceeded):
+        return error
+    return DeadlineExceeded(
+        grpc.StatusCode.DEADLINE_EXCEEDED, f"the watch's deadline passed while it was reconnecting ({error})"
+    )
 
 
 class WaitTimeout(DeadlineExceeded):
