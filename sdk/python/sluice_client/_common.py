@@ -74,6 +74,11 @@ class Settings:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
+            # The channel's own reconnect backoff grows to 120 s by default, and calls fail fast
+            # meanwhile: keep it within the retry policies', so that a retry after the gateway
+            # is back finds a connection.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", int(1000 * max(self.retry.max_backoff, self.watch_retry.max_backoff, 0.2))),
         ]
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))

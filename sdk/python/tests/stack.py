@@ -3,7 +3,9 @@
 A nisshi broker (SQLite storage) and ``sluice-gateway --standalone`` (gateway and worker, the
 embedded database and vector store) on free loopback ports, on mTLS with a development CA,
 the gateway's certificate and a tenant's client certificate made by ``sluice-admin``; all of
-it in one temporary directory. Every wait is bounded; ``close`` stops both processes.
+it in one temporary directory (with a ``sluice.toml`` that shortens the Kafka session, so that
+a killed worker's partitions move on in seconds). Every wait is bounded; ``close`` stops both
+processes.
 
 Where things are: ``SLUICE_CACHE`` (default ``~/.cache/sluice``) has the broker
 (``nisshi/bin/nisshi``); ``SLUICE_BIN_DIR`` (default ``$CARGO_TARGET_DIR/debug``, itself by
@@ -112,6 +114,11 @@ class LocalStack:
         return result.stdout
 
     def start(self) -> None:
+        # What deploy/dev/up gives on the command line, plus what the tests of killing a
+        # process need: a killed worker holds its partitions until its session times out.
+        (self.root / "sluice.toml").write_text(
+            '[kafka.properties]\n"session.timeout.ms" = "6000"\n"heartbeat.interval.ms" = "500"\n'
+        )
         # deploy/dev/up's steps: CA, server certificate, tenant, client certificate.
         self.admin("cert", "init-ca", "--out", str(self.tls))
         self.admin("cert", "server", "--ca-dir", str(self.tls), "--out", str(self.tls), "--name", "localhost", "--name", "127.0.0.1")
@@ -144,7 +151,7 @@ class LocalStack:
         self.gateway_starts += 1
         log = open(self.root / "sluice.log", "ab")
         self.gateway = subprocess.Popen(
-            [str(self.tools.gateway), "--standalone",
+            [str(self.tools.gateway), "--standalone", "--config", str(self.root / "sluice.toml"),
              "--listen", self.target, "--health-listen", f"127.0.0.1:{self.health_port}",
              "--bootstrap-servers", f"127.0.0.1:{self.kafka_port}", "--data-dir", str(self.data)],
             cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
