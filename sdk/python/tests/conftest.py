@@ -26,3 +26,9 @@ def fake() -> Iterator[Running]:
     running = Running()
     yield running
     running.stop()
+
+
+def pytest_report_header() -> str:
+    import sluice_client
+
+    return f"sluice_client {sluice_client.__version__} from {Path(sluice_client.__file__).parent}"
