@@ -43,6 +43,29 @@ pub struct OutgoingRecord {
     pub headers: OwnedHeaders,
 }
 
+/// `headers` with `extra` (name, value) pairs added, e.g. a trace context.
+pub fn with_headers(headers: OwnedHeaders, extra: &[(String, String)]) -> OwnedHeaders {
+    extra.iter().fold(headers, |headers, (key, value)| {
+        headers.insert(rdkafka::message::Header {
+            key,
+            value: Some(value.as_bytes()),
+        })
+    })
+}
+
+/// The last value of header `key` on a message, as text.
+pub fn header_text(message: &impl rdkafka::Message, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .filter(|h| h.key == key)
+        .last()
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
 /// Why a transaction did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransactionError {

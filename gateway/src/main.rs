@@ -70,7 +70,7 @@ impl Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref(), args.overrides())?;
-    sluice_core::telemetry::init(&config.log);
+    sluice_core::telemetry::init(&config.log, "sluice-gateway");
     if args.standalone {
         let standalone = Standalone::start(&config).await?;
         shutdown_signal().await;
@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         gateway.shutdown().await;
     }
+    sluice_core::telemetry::shutdown();
     Ok(())
 }
 

@@ -6,16 +6,12 @@
 //! The counts each run saw are printed (`cargo test --test e2e faults -- --nocapture`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Statement};
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::IngestBatchRequest;
-use sluice_tests::{
-    as_tenant, document, free_port, model_dir, rate_retry_delay, read_topic, Broker,
-};
+use sluice_tests::{as_tenant, document, rate_retry_delay, read_topic, Broker, GatewayProcess};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -49,125 +45,6 @@ impl Moments {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         low + (high - low).mul_f64((self.0 % 10_000) as f64 / 10_000.0)
-    }
-}
-
-/// The `sluice-gateway` binary cargo built next to this test.
-fn gateway_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("sluice-gateway");
-    assert!(
-        path.exists(),
-        "{} missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-/// Sluice standalone as its own process, restartable on the same port and data.
-struct Process {
-    config: PathBuf,
-    grpc: String,
-    child: Option<Child>,
-}
-
-impl Process {
-    fn new(dir: &Path, broker: &Broker) -> Self {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let config = dir.join("sluice.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-data_dir = "{data}"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-[kafka.properties]
-# A killed member holds its partitions until its session times out.
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-[gateway]
-listen = "{grpc}"
-health_listen = "127.0.0.1:{health}"
-dev_tenant_header = true
-instance_id = "faults-gateway"
-[worker]
-instance_id = "faults-worker"
-retry_initial_ms = 20
-"#,
-                data = dir.join("data").display(),
-                bootstrap = broker.bootstrap(),
-                health = free_port(),
-            ),
-        )
-        .unwrap();
-        Self {
-            config,
-            grpc,
-            child: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let child = Command::new(gateway_binary())
-            .args(["--standalone", "--config"])
-            .arg(&self.config)
-            .env("SLUICE_MODEL_DIR", model_dir())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sluice-gateway --standalone");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then the exit status (within `limit`).
-    async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {limit:?} of SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn client(&self) -> IngestServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
-        IngestServiceClient::new(channel)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -236,7 +113,7 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
     let mut moments = Moments::from_env();
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut sluice = Process::new(dir.path(), &broker);
+    let mut sluice = GatewayProcess::new(dir.path(), &broker);
     sluice.start();
 
     // Four clients, each with its share of the 200 batches.

@@ -16,3 +16,4 @@ mod pipeline;
 mod quotas;
 mod schemas;
 mod tenants;
+mod traces;

@@ -374,7 +374,7 @@ impl VectorStore for FlakyStore {
 /// failing ends FAILED with the reason and goes to the dead-letter topic, and the worker goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_failures_are_retried_then_fail_with_the_reason() {
-    sluice_core::telemetry::init(&Default::default());
+    sluice_core::telemetry::init(&Default::default(), "sluice-tests");
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(&broker, dir.path(), Database::Sqlite).await;

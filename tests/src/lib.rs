@@ -10,6 +10,8 @@
 //! - [`certificates`]: [`TestPki`], a CA, the gateway's certificate and client certificates.
 //! - [`tools`]: where the installed tools are ([`grpcurl`], the broker, the model), free ports.
 //! - [`helpers`]: building documents and requests, reading statuses, waiting for events.
+//! - [`process`]: [`GatewayProcess`], Sluice standalone as its own process (kill -9, its own
+//!   environment).
 //!
 //! Everything it needs is installed by `deploy/dev/install` (the test command runs it first);
 //! a missing piece fails the test with the command that installs it.
@@ -17,11 +19,13 @@
 pub mod broker;
 pub mod certificates;
 pub mod helpers;
+pub mod process;
 pub mod stack;
 pub mod tools;
 
 pub use broker::*;
 pub use certificates::*;
 pub use helpers::*;
+pub use process::*;
 pub use stack::*;
 pub use tools::*;

@@ -248,10 +248,13 @@ impl Stack {
 }
 
 fn init_logs() {
-    sluice_core::telemetry::init(&sluice_core::config::LogConfig {
-        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        ..Default::default()
-    });
+    sluice_core::telemetry::init(
+        &sluice_core::config::LogConfig {
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            ..Default::default()
+        },
+        "sluice-tests",
+    );
 }
 
 async fn open_tenants(config: &Config) -> Tenants {

@@ -22,6 +22,7 @@ use sluice_core::record::{
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::indexer::{Indexer, ProcessError, Processed};
 
@@ -220,7 +221,22 @@ impl Worker {
             let mut completed = Vec::with_capacity(batch.len());
             let mut next_offsets = BTreeMap::new();
             for message in &batch {
-                let (records, completion) = self.handle(message).await;
+                // One span per record (OpenTelemetry's messaging conventions), a child of
+                // the gateway's `send` when the record carries its trace context.
+                let span = tracing::info_span!(
+                    "process",
+                    otel.name = %format!("process {}", message.topic()),
+                    otel.kind = "consumer",
+                    messaging.system = "kafka",
+                    messaging.operation.type = "process",
+                    messaging.destination.name = %message.topic(),
+                    messaging.destination.partition.id = message.partition(),
+                    messaging.kafka.offset = message.offset(),
+                );
+                sluice_core::telemetry::extract(&span, |key| {
+                    sluice_core::kafka::header_text(message, key)
+                });
+                let (records, completion) = self.handle(message).instrument(span).await;
                 outgoing.extend(records);
                 completed.extend(completion);
                 next_offsets.insert(
@@ -330,11 +346,16 @@ impl Worker {
             accepted_at_ms: record.accepted_at_ms,
             completed_at_ms: now_ms(),
         };
+        // The completion carries the trace back to the gateway.
+        let mut context = Vec::new();
+        sluice_core::telemetry::inject(&tracing::Span::current(), |key, value| {
+            context.push((key.to_owned(), value))
+        });
         outgoing.push(OutgoingRecord {
             topic: self.kafka.completions_topic.clone(),
             key: record.key(),
             payload: completion.to_json(),
-            headers: OwnedHeaders::new(),
+            headers: sluice_core::kafka::with_headers(OwnedHeaders::new(), &context),
         });
         (outgoing, Some(completion))
     }

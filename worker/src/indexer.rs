@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::{info_span, Instrument};
+
 use sluice_core::record::{DocumentRecord, Operation, Outcome};
 use sluice_core::schema::DocumentSchema;
 use sluice_core::schema_registry::catalog::CatalogError;
@@ -79,10 +81,13 @@ impl Indexer {
     }
 
     async fn upsert(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
-        let text = self.decode(record).await?;
-        let pieces = self.chunk(text.0).await?;
+        let text = self.decode(record).instrument(info_span!("decode")).await?;
+        let pieces = self.chunk(text.0).instrument(info_span!("chunk")).await?;
         let started = Instant::now();
-        let vectors = self.embed(&pieces).await?;
+        let vectors = self
+            .embed(&pieces)
+            .instrument(info_span!("embed", chunks = pieces.len()))
+            .await?;
         metrics::histogram!("sluice_worker_embedding_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("sluice_worker_embedding_chunks_per_batch").record(pieces.len() as f64);
@@ -103,6 +108,7 @@ impl Indexer {
         let mut attributes = record.attributes.clone();
         attributes.extend(text.1);
         let started = Instant::now();
+        let upsert = info_span!("upsert", store = self.store.kind(), points = chunks.len());
         self.store
             .index_document(IndexedDocument {
                 tenant: record.tenant.to_string(),
@@ -111,6 +117,7 @@ impl Indexer {
                 attributes,
                 chunks,
             })
+            .instrument(upsert)
             .await
             .map_err(|e| ProcessError::Transient(Chain(&e).to_string()))?;
         metrics::histogram!("sluice_worker_upsert_duration_seconds")

@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         overrides.insert("log".into(), json!({ "format": "json" }));
     }
     let config = Config::load(args.config.as_deref(), Value::Object(overrides))?;
-    sluice_core::telemetry::init(&config.log);
+    sluice_core::telemetry::init(&config.log, "sluice-worker");
     if config.vector_store.kind == VectorStoreKind::Edge {
         anyhow::bail!(
             "the embedded vector store lives in the gateway's process: run `sluice-gateway --standalone`, or configure a Qdrant server (vector_store.kind = \"qdrant\")"
@@ -95,5 +95,6 @@ async fn main() -> anyhow::Result<()> {
     worker.shutdown().await;
     stop.cancel();
     let _ = tokio::join!(health_server, lag_task);
+    sluice_core::telemetry::shutdown();
     Ok(())
 }

@@ -9,9 +9,12 @@ use sluice_core::telemetry::Chain;
 use std::time::Duration;
 
 use sluice_core::config::KafkaConfig;
-use sluice_core::kafka::{record_size, OutgoingRecord, TransactionError, TransactionalProducer};
+use sluice_core::kafka::{
+    record_size, with_headers, OutgoingRecord, TransactionError, TransactionalProducer,
+};
 use sluice_core::record::{DocumentRecord, Position};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::ingest::group_commit::{Commit, GroupCommit};
 
@@ -60,13 +63,26 @@ impl Appender {
         &self,
         records: &[DocumentRecord],
     ) -> Result<Vec<Position>, TransactionError> {
+        // The producer span (OpenTelemetry's messaging conventions); its context travels in
+        // each record's headers to the worker.
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("send {}", self.topic),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.topic,
+            messaging.batch.message_count = records.len(),
+        );
+        let mut context = Vec::new();
+        sluice_core::telemetry::inject(&span, |key, value| context.push((key.to_owned(), value)));
         let records: Vec<OutgoingRecord> = records
             .iter()
             .map(|r| OutgoingRecord {
                 topic: self.topic.clone(),
                 key: r.key(),
                 payload: r.value(),
-                headers: r.headers(),
+                headers: with_headers(r.headers(), &context),
             })
             .collect();
         for record in &records {
@@ -81,6 +97,7 @@ impl Appender {
         }
         self.transactions
             .submit(records)
+            .instrument(span)
             .await
             .map_err(|_| TransactionError::Fatal("gateway is shutting down".into()))?
     }

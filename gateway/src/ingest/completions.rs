@@ -19,6 +19,7 @@ use sluice_core::kafka::read_committed_consumer;
 use sluice_core::record::Completion;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::ingest::hub::Hub;
 use crate::ingest::service::to_proto;
@@ -56,8 +57,21 @@ pub fn spawn(
                     continue;
                 }
             };
+            // The end of the document's trace: the completion recorded, waiters woken.
+            let span = tracing::info_span!(
+                "process",
+                otel.name = %format!("process {}", message.topic()),
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.type = "process",
+                messaging.destination.name = %message.topic(),
+                messaging.destination.partition.id = message.partition(),
+            );
+            sluice_core::telemetry::extract(&span, |key| {
+                sluice_core::kafka::header_text(&message, key)
+            });
             match Completion::from_json(message.payload().unwrap_or_default()) {
-                Ok(completion) => apply(&db, &hub, &completion).await,
+                Ok(completion) => apply(&db, &hub, &completion).instrument(span).await,
                 Err(error) => {
                     tracing::error!(error = %Chain(&error), offset = message.offset(), "unreadable completion skipped")
                 }
@@ -89,6 +103,7 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
     if changes.is_empty() {
         tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
     }
+    let _wake = tracing::info_span!("wake watchers", events = changes.len()).entered();
     for change in changes {
         hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
     }

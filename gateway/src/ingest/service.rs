@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::ingest::appender::Appender;
 use crate::ingest::hub::{self, is_terminal, Hub, TenantEvent};
@@ -89,10 +90,13 @@ impl IngestApi {
             hub: self.hub.clone(),
         };
         let (tenant, records) = (tenant.clone(), records.to_vec());
-        tokio::spawn(async move {
-            let _turn = turn;
-            write.run(&tenant, &records, idempotency_keys).await
-        })
+        tokio::spawn(
+            async move {
+                let _turn = turn;
+                write.run(&tenant, &records, idempotency_keys).await
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|_| Status::internal("the write task failed; nothing may have been written"))?
     }

@@ -25,6 +25,7 @@ use prost::Message;
 use tonic::body::Body;
 use tonic::Code;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct RpcMetrics {
@@ -102,11 +103,33 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let is_grpc = super::is_grpc(&request);
-        let call = is_grpc.then(|| Call {
-            method: self.metrics.label(request.uri().path()),
-            started: Instant::now(),
+        let call = is_grpc.then(|| {
+            let method = self.metrics.label(request.uri().path());
+            // The call's span, a child of the client's trace when it sent `traceparent`
+            // (OpenTelemetry's RPC conventions: named `package.Service/Method`).
+            let (service, name) = method.split_once('/').unwrap_or((&method, ""));
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = %method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %name,
+                rpc.grpc.status_code = tracing::field::Empty,
+            );
+            sluice_core::telemetry::extract(&span, |key| {
+                request.headers().get(key)?.to_str().ok().map(str::to_owned)
+            });
+            Call {
+                method,
+                started: Instant::now(),
+                span,
+            }
         });
-        let response = self.inner.call(request);
+        let span = call
+            .as_ref()
+            .map_or_else(tracing::Span::none, |call| call.span.clone());
+        let response = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let response = response.await?;
             let Some(call) = call else {
@@ -127,15 +150,17 @@ where
     }
 }
 
-/// A call on its way: what it will be recorded as.
+/// A call on its way: what it will be recorded as, and its span (which ends with it).
 struct Call {
     method: String,
     started: Instant,
+    span: tracing::Span,
 }
 
 impl Call {
     fn end(self, code: Code) {
         let name = code_name(code);
+        self.span.record("rpc.grpc.status_code", code as i32);
         let elapsed = self.started.elapsed().as_secs_f64();
         metrics::counter!("sluice_grpc_server_requests_total", "method" => self.method.clone(), "code" => name)
             .increment(1);
