@@ -316,3 +316,148 @@ async fn prometheus_sees_the_lag_rise_and_fall() {
     );
     stack.shutdown().await;
 }
+
+/// Workers beyond the partition count hold nothing and say so (`/readyz` 503 "idle"); the
+/// others are ready and report their partitions and lag. When a holder leaves, its partitions
+/// move to the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_workers_say_they_are_idle_and_take_over_when_one_leaves() {
+    use sluice_worker::health::{ModelCheck, WorkerHealth};
+    use sluice_worker::Worker;
+    use tokio_util::sync::CancellationToken;
+
+    let group = format!("workers-{}", uuid::Uuid::new_v4().simple());
+    let worker_group = group.clone();
+    let mut stack = Stack::start_configured(Database::Sqlite, move |config| {
+        config.worker.group_id = worker_group;
+    })
+    .await;
+    // Four workers of our own for the three partitions.
+    stack.standalone_mut().stop_worker().await;
+    let stop = CancellationToken::new();
+    let shared = stack.standalone().shared.clone();
+    let mut workers = Vec::new();
+    let mut health = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..4 {
+        let mut settings = stack.config.worker.clone();
+        settings.instance_id = format!("extra-{i}-{}", uuid::Uuid::new_v4().simple());
+        let indexer = sluice_worker::indexer_for(
+            &stack.config,
+            shared.schemas.clone(),
+            shared.embedder.clone(),
+            shared.store.clone(),
+        )
+        .unwrap();
+        let worker = Worker::new(stack.config.kafka.clone(), settings, indexer);
+        let (lag, lag_task) = sluice_core::lag::spawn(
+            &stack.config.kafka,
+            &group,
+            &stack.config.kafka.documents_topic,
+            Duration::from_secs(1),
+            stop.clone(),
+        )
+        .unwrap();
+        let stop_serving = stop.clone();
+        let router = WorkerHealth {
+            store: shared.store.clone(),
+            model: ModelCheck::new(shared.embedder.clone()),
+            schemas: shared.schemas.clone(),
+            assignment: worker.assignment(),
+            lag,
+        }
+        .router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        health.push(listener.local_addr().unwrap());
+        servers.push(lag_task);
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop_serving.cancelled_owned())
+                .await;
+        }));
+        workers.push(Some(worker.spawn()));
+    }
+
+    /// Each worker's partitions, from its /healthz; and its /readyz code.
+    async fn holdings(health: &[std::net::SocketAddr]) -> Vec<(Vec<i64>, u16)> {
+        let mut out = Vec::new();
+        for addr in health {
+            let (_, body) = http_get(&format!("http://{addr}/healthz")).await;
+            let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let partitions = report["assigned_partitions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| p.as_i64()).collect())
+                .unwrap_or_default();
+            out.push((
+                partitions,
+                http_get(&format!("http://{addr}/readyz")).await.0,
+            ));
+        }
+        out
+    }
+    /// Every partition held exactly once.
+    fn settled(holdings: &[(Vec<i64>, u16)]) -> bool {
+        let mut all: Vec<i64> = holdings.iter().flat_map(|(p, _)| p.clone()).collect();
+        all.sort_unstable();
+        all == [0, 1, 2]
+    }
+
+    let started = std::time::Instant::now();
+    let first = eventually(
+        "four workers to share three partitions",
+        Duration::from_secs(60),
+        || {
+            let health = health.clone();
+            async move {
+                let now = holdings(&health).await;
+                settled(&now).then_some(now)
+            }
+        },
+    )
+    .await;
+    println!(
+        "4 workers, 3 partitions, after {:?}: {first:?}",
+        started.elapsed()
+    );
+    let idle: Vec<usize> = (0..4).filter(|&i| first[i].0.is_empty()).collect();
+    assert_eq!(idle.len(), 1, "{first:?}");
+    for (i, (partitions, ready)) in first.iter().enumerate() {
+        let expected = if partitions.is_empty() { 503 } else { 200 };
+        assert_eq!(*ready, expected, "worker {i}: {first:?}");
+    }
+    let (_, body) = http_get(&format!("http://{}/readyz", health[idle[0]])).await;
+    assert!(body.contains("idle"), "{body}");
+
+    // A holder leaves: its partitions go to the idle one.
+    let leaving = (0..4).find(|i| !idle.contains(i)).unwrap();
+    let left = std::time::Instant::now();
+    workers[leaving].take().unwrap().shutdown().await;
+    let remaining: Vec<std::net::SocketAddr> = (0..4)
+        .filter(|&i| i != leaving)
+        .map(|i| health[i])
+        .collect();
+    let after = eventually("the partitions to move", Duration::from_secs(60), || {
+        let remaining = remaining.clone();
+        async move {
+            let now = holdings(&remaining).await;
+            (settled(&now) && now.iter().all(|(p, ready)| !p.is_empty() && *ready == 200))
+                .then_some(now)
+        }
+    })
+    .await;
+    println!(
+        "worker {leaving} left; {:?} later: {after:?}",
+        left.elapsed()
+    );
+
+    for worker in workers.into_iter().flatten() {
+        worker.shutdown().await;
+    }
+    stop.cancel();
+    for server in servers {
+        let _ = server.await;
+    }
+    // The store goes before the stack removes its directory.
+    drop(shared);
+    stack.shutdown().await;
+}

@@ -112,6 +112,8 @@ impl Chunker {
                 max: self.max_document_tokens,
             });
         }
+        // What the model will embed (chunk overlaps aside).
+        metrics::counter!("sluice_worker_tokens_chunked_total").increment(tokens as u64);
         Ok(self.split(text))
     }
 

@@ -196,10 +196,85 @@ pub fn open(config: &SchemasConfig, db: &DatabaseConnection) -> anyhow::Result<S
         }
     };
     tracing::info!(registry = %registry.describe(), "schema registry");
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(Timed(registry));
     Ok(Schemas {
         catalog: Arc::new(SchemaCatalog::new(registry, config)?),
         builtin,
     })
+}
+
+/// A registry whose every call is timed: `sluice_schema_registry_duration_seconds{operation,
+/// outcome}` (a cached schema costs no call, so this is what reaches the registry).
+struct Timed(Arc<dyn SchemaRegistry>);
+
+async fn timed<T>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, RegistryError>>,
+) -> Result<T, RegistryError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(RegistryError::Unavailable(_)) => "unavailable",
+        Err(_) => "refused",
+    };
+    metrics::histogram!("sluice_schema_registry_duration_seconds", "operation" => operation, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+#[async_trait]
+impl SchemaRegistry for Timed {
+    async fn register(
+        &self,
+        subject: &str,
+        schema: &str,
+        references: &[SchemaReference],
+    ) -> Result<SubjectVersion, RegistryError> {
+        timed("register", self.0.register(subject, schema, references)).await
+    }
+
+    async fn schema_by_id(
+        &self,
+        id: SchemaId,
+    ) -> Result<(String, Vec<SchemaReference>), RegistryError> {
+        timed("schema_by_id", self.0.schema_by_id(id)).await
+    }
+
+    async fn version(
+        &self,
+        subject: &str,
+        version: VersionSelector,
+    ) -> Result<SubjectVersion, RegistryError> {
+        timed("version", self.0.version(subject, version)).await
+    }
+
+    async fn versions(&self, subject: &str) -> Result<Vec<i32>, RegistryError> {
+        timed("versions", self.0.versions(subject)).await
+    }
+
+    async fn subjects(&self) -> Result<Vec<String>, RegistryError> {
+        timed("subjects", self.0.subjects()).await
+    }
+
+    async fn check_compatibility(
+        &self,
+        subject: &str,
+        schema: &str,
+        references: &[SchemaReference],
+        version: Option<VersionSelector>,
+    ) -> Result<CompatibilityReport, RegistryError> {
+        timed(
+            "check_compatibility",
+            self.0
+                .check_compatibility(subject, schema, references, version),
+        )
+        .await
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
 }
 
 /// How a tenant's schema names map to registry subjects: a template with `{tenant}` and `{name}`,

@@ -90,6 +90,7 @@ pub fn spawn(
 /// Applies one completion; retries the database until it answers, since skipping would lose
 /// the event for watchers.
 async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
+    let started = std::time::Instant::now();
     let changes = (|| projection::apply_completion(db, completion))
         .retry(
             ExponentialBuilder::default()
@@ -100,6 +101,8 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
         .notify(|error, pause| tracing::warn!(error = %Chain(error), ?pause, "cannot record completion; retrying"))
         .await
         .expect("retried without limit");
+    metrics::histogram!("sluice_gateway_database_duration_seconds", "operation" => "apply_completion")
+        .record(started.elapsed().as_secs_f64());
     if changes.is_empty() {
         tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
     }

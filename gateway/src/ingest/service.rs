@@ -213,7 +213,11 @@ impl Write {
             .collect();
         // The records are durably in Kafka: the client hears OK even if the projection lags;
         // the completion will create the row.
-        match self.recorder.record(rows.clone()).await {
+        let started = std::time::Instant::now();
+        let recorded = self.recorder.record(rows.clone()).await;
+        metrics::histogram!("sluice_gateway_database_duration_seconds", "operation" => "record_accepted")
+            .record(started.elapsed().as_secs_f64());
+        match recorded {
             Ok(changes) => {
                 for change in changes {
                     self.hub
