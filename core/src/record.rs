@@ -32,6 +32,9 @@ pub mod header {
     /// The registry id of that schema (also in the value's wire-format prefix).
     pub const SCHEMA_ID: &str = "sluice-schema-id";
     pub const ACCEPTED_AT_MS: &str = "sluice-accepted-at-ms";
+    /// The request's idempotency key, when it had one: the worker hands it back in the
+    /// completion, so an ingestion whose gateway died before recording it still keeps its key.
+    pub const IDEMPOTENCY_KEY: &str = "sluice-idempotency-key";
     /// On a re-driven dead letter: the ingestion it replaces.
     pub const REDRIVEN_FROM: &str = "sluice-redriven-from";
 }
@@ -95,6 +98,8 @@ pub struct DocumentRecord {
     pub accepted_at_ms: i64,
     /// Avro binary, without the wire-format prefix; empty for deletions.
     pub payload: Vec<u8>,
+    /// The request's idempotency key (not part of [`Self::content_hash`]).
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +134,11 @@ impl DocumentRecord {
         ]
         .into_iter()
         .chain(schema_id.as_deref().map(|id| (header::SCHEMA_ID, id)))
+        .chain(
+            self.idempotency_key
+                .as_deref()
+                .map(|key| (header::IDEMPOTENCY_KEY, key)),
+        )
         .fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(Header {
                 key,
@@ -205,6 +215,7 @@ impl DocumentRecord {
             schema_id,
             accepted_at_ms: get(header::ACCEPTED_AT_MS)?.parse().unwrap_or_default(),
             payload,
+            idempotency_key: get(header::IDEMPOTENCY_KEY).ok(),
         })
     }
 }
@@ -245,6 +256,12 @@ pub struct Completion {
     #[serde(default)]
     pub accepted_at_ms: i64,
     pub completed_at_ms: i64,
+    /// The record's idempotency key and content hash, so that a completion that creates the
+    /// ingestion's row (its gateway never recorded it) leaves a retry recognisable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
 }
 
 impl Completion {
@@ -283,6 +300,8 @@ mod tests {
             },
             accepted_at_ms: 1,
             completed_at_ms: 3,
+            idempotency_key: Some("key-1".into()),
+            content_hash: Some("abc".into()),
         };
         assert_eq!(
             Completion::from_json(&completion.to_json()).unwrap(),
@@ -302,10 +321,12 @@ mod tests {
             schema_id: Some(7),
             accepted_at_ms: 1,
             payload: b"body".to_vec(),
+            idempotency_key: None,
         };
         let again = DocumentRecord {
             ingestion_id: "i2".into(),
             accepted_at_ms: 2,
+            idempotency_key: Some("retry".into()),
             ..record.clone()
         };
         assert_eq!(record.content_hash(), again.content_hash());

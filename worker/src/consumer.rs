@@ -345,6 +345,8 @@ impl Worker {
             source: origin,
             accepted_at_ms: record.accepted_at_ms,
             completed_at_ms: now_ms(),
+            idempotency_key: record.idempotency_key.clone(),
+            content_hash: Some(record.content_hash()),
         };
         // The completion carries the trace back to the gateway.
         let mut context = Vec::new();

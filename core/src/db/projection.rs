@@ -202,10 +202,12 @@ pub async fn apply_completion(
             kafka_offset: completion.source.offset,
             chunk_count: 0,
             failure_reason: None,
-            idempotency_key: None,
+            // A gateway that died before recording the ingestion leaves these to the worker:
+            // a retry with the same key (or the same content) is still recognised.
+            idempotency_key: completion.idempotency_key.clone(),
             accepted_at_ms: completion.accepted_at_ms,
             completed_at_ms: None,
-            content_hash: None,
+            content_hash: completion.content_hash.clone(),
         };
         let ended = Model {
             state: state.to_owned(),
@@ -418,6 +420,8 @@ mod tests {
             },
             accepted_at_ms: 1,
             completed_at_ms: 2,
+            idempotency_key: None,
+            content_hash: None,
         }
     }
 
@@ -496,6 +500,7 @@ mod tests {
             events.iter().map(|e| e.tenant_seq).collect::<Vec<_>>(),
             [1, 2, 3, 4]
         );
+
         let after_first = events_after(&db, "a", 1, Some(&["i2".into()]), 100)
             .await
             .unwrap();
@@ -522,6 +527,21 @@ mod tests {
             2
         );
         assert!(get_many(&db, "b", &["i1".into()]).await.unwrap().is_empty());
+
+        // The gateway died after its commit and never recorded the ingestion: the completion
+        // carries the request's key and content hash, so a retry is still recognised.
+        let orphan = Completion {
+            idempotency_key: Some("key-3".into()),
+            content_hash: Some("hash-3".into()),
+            ..completion("i3", Outcome::Indexed)
+        };
+        apply_completion(&db, &orphan).await.unwrap();
+        let found = find_by_idempotency_keys(&db, "a", &["key-3".into()], 0)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].ingestion_id, "i3");
+        assert_eq!(found[0].content_hash.as_deref(), Some("hash-3"));
     }
 
     #[tokio::test]

@@ -182,6 +182,7 @@ mod tests {
             schema_id: None,
             accepted_at_ms: 1,
             payload: b"avro".to_vec(),
+            idempotency_key: None,
         }
     }
 

@@ -89,7 +89,12 @@ impl IngestApi {
             recorder: self.recorder.clone(),
             hub: self.hub.clone(),
         };
-        let (tenant, records) = (tenant.clone(), records.to_vec());
+        let (tenant, mut records) = (tenant.clone(), records.to_vec());
+        // The key travels with the record, so the completion can hand it back (see
+        // `projection::apply_completion`).
+        for (record, key) in records.iter_mut().zip(&idempotency_keys) {
+            record.idempotency_key.clone_from(key);
+        }
         tokio::spawn(
             async move {
                 let _turn = turn;

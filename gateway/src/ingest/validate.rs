@@ -122,6 +122,7 @@ impl Validator {
             schema_id: Some(schema.id),
             accepted_at_ms: now_ms(),
             payload: payload.unwrap_or_default(),
+            idempotency_key: None,
         })
     }
 
@@ -191,6 +192,7 @@ impl Validator {
             schema_id: None,
             accepted_at_ms: now_ms(),
             payload: Vec::new(),
+            idempotency_key: None,
         })
     }
 
