@@ -110,6 +110,9 @@ pub async fn redrive(config: &Config, options: &Options) -> anyhow::Result<Repor
         let mut record = failed.clone();
         record.ingestion_id = new_ingestion_id();
         record.accepted_at_ms = now_ms();
+        // A new ingestion the operator asked for, not a retry of the client's request: the
+        // request's key stays with the ingestion that failed.
+        record.idempotency_key = None;
         report.redriven.push(Redriven {
             tenant: failed.tenant.to_string(),
             document_id: failed.document_id.clone(),
