@@ -634,3 +634,40 @@ async fn schema_registration_is_bounded_and_never_stalls_ingestion() {
         .unwrap();
     stack.shutdown().await;
 }
+
+/// A malformed or oversized trace context is ignored, never an error: the call succeeds as if
+/// it had none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_trace_context_is_answered() {
+    let stack = Stack::start(Database::Sqlite).await;
+    let mut ingest = stack.ingest_client().await;
+    let long = "k=".to_owned() + &"v".repeat(7_000);
+    let contexts = [
+        ("traceparent", "banana"),
+        (
+            "traceparent",
+            "00-00000000000000000000000000000000-0000000000000000-01",
+        ),
+        (
+            "traceparent",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", long.as_str()),
+    ];
+    for (i, (key, value)) in contexts.into_iter().enumerate() {
+        let id = format!("traced-{i}");
+        let mut request = as_tenant(
+            NEIGHBOUR,
+            IngestRequest {
+                document: Some(document(&id, &id, "Any trace context.")),
+                ..Default::default()
+            },
+        );
+        request.metadata_mut().insert(key, value.parse().unwrap());
+        let started = Instant::now();
+        let answer = ingest.ingest(request).await;
+        assert!(answer.is_ok(), "{key}: {answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    stack.shutdown().await;
+}
