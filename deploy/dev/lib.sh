@@ -130,6 +130,7 @@ install_prometheus() {
     (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || die "apt-get download prometheus failed"
   fi
   rm -rf "$PROMETHEUS_ROOT"
+  mkdir -p "$PROMETHEUS_ROOT"
   dpkg-deb -x "$tmp"/prometheus_*.deb "$PROMETHEUS_ROOT" || die "cannot unpack the prometheus package"
   rm -rf "$tmp"
   "$SLUICE_PROMETHEUS" --version >/dev/null 2>&1 || die "prometheus does not run"
