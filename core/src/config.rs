@@ -147,6 +147,10 @@ pub struct GatewayConfig {
     /// How long ingestion events are kept for resuming watch streams, in seconds; a cursor
     /// older than that can no longer resume. Default 604800 (a week).
     pub event_retention_secs: u64,
+    /// Enforce tenants' rates in total across every gateway sharing the database (token
+    /// buckets in the database, leased in slices), rather than per gateway. Default: on when
+    /// the database is PostgreSQL (several gateways), off on SQLite (one process).
+    pub shared_quotas: Option<bool>,
 }
 
 impl Default for GatewayConfig {
@@ -168,6 +172,7 @@ impl Default for GatewayConfig {
             max_records_per_transaction: 500,
             idempotency_window_secs: 86_400,
             event_retention_secs: 604_800,
+            shared_quotas: None,
         }
     }
 }
@@ -495,6 +500,13 @@ impl Config {
     }
 
     /// The database URL, defaulting to SQLite in the data dir (created when missing).
+    /// Whether gateways share tenants' rates through the database (`gateway.shared_quotas`).
+    pub fn shared_quotas(&self) -> bool {
+        self.gateway
+            .shared_quotas
+            .unwrap_or_else(|| self.database_url().starts_with("postgres"))
+    }
+
     pub fn database_url(&self) -> String {
         self.database.url.clone().unwrap_or_else(|| {
             format!(

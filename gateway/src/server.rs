@@ -90,7 +90,11 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
-        let quotas = Arc::new(QuotaGate::new());
+        let quotas = Arc::new(if config.shared_quotas() {
+            QuotaGate::shared(shared.db.clone())
+        } else {
+            QuotaGate::new()
+        });
 
         ensure_topics(&config.kafka)
             .await
@@ -132,6 +136,7 @@ impl Gateway {
         let pruner = crate::ingest::retention::spawn(
             shared.db.clone(),
             Duration::from_secs(config.gateway.event_retention_secs),
+            Duration::from_secs(config.gateway.idempotency_window_secs),
             shutdown.clone(),
         );
 

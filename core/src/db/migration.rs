@@ -2,8 +2,8 @@
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    big_integer, big_integer_null, boolean, integer, pk_auto, string, string_null, string_uniq,
-    text,
+    big_integer, big_integer_null, boolean, double, integer, pk_auto, string, string_null,
+    string_uniq, text,
 };
 
 pub struct Migrator;
@@ -16,6 +16,8 @@ impl MigratorTrait for Migrator {
             Box::new(CreateIngestionEvents),
             Box::new(CreateSchemaRegistry),
             Box::new(AddRequestsPerSecond),
+            Box::new(CreateIdempotencyClaims),
+            Box::new(CreateQuotaBuckets),
         ]
     }
 }
@@ -487,6 +489,102 @@ impl MigrationTrait for AddRequestsPerSecond {
                 Table::alter()
                     .table(Tenants::Table)
                     .add_column(big_integer(Tenants::RequestsPerSecond).default(1000))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum IdempotencyClaims {
+    Table,
+    Tenant,
+    Key,
+    IngestionId,
+    ClaimedAtMs,
+}
+
+/// Idempotency keys claimed before a write ([`super::claim`]): the primary key is the
+/// constraint that lets one of several gateways write a key.
+struct CreateIdempotencyClaims;
+
+impl MigrationName for CreateIdempotencyClaims {
+    fn name(&self) -> &str {
+        "m20261217_000006_create_idempotency_claims"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateIdempotencyClaims {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(IdempotencyClaims::Table)
+                    .if_not_exists()
+                    .col(string(IdempotencyClaims::Tenant))
+                    .col(string(IdempotencyClaims::Key))
+                    .col(string(IdempotencyClaims::IngestionId))
+                    .col(big_integer(IdempotencyClaims::ClaimedAtMs))
+                    .primary_key(
+                        Index::create()
+                            .col(IdempotencyClaims::Tenant)
+                            .col(IdempotencyClaims::Key),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idempotency_claims_claimed_at")
+                    .table(IdempotencyClaims::Table)
+                    .col(IdempotencyClaims::ClaimedAtMs)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum QuotaBuckets {
+    Table,
+    Tenant,
+    Kind,
+    Tokens,
+    RefilledAtMs,
+    Version,
+}
+
+/// Per-tenant token buckets every gateway draws from ([`super::quota`]), so a quota holds
+/// across gateways.
+struct CreateQuotaBuckets;
+
+impl MigrationName for CreateQuotaBuckets {
+    fn name(&self) -> &str {
+        "m20261217_000007_create_quota_buckets"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateQuotaBuckets {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(QuotaBuckets::Table)
+                    .if_not_exists()
+                    .col(string(QuotaBuckets::Tenant))
+                    .col(string(QuotaBuckets::Kind))
+                    .col(double(QuotaBuckets::Tokens))
+                    .col(big_integer(QuotaBuckets::RefilledAtMs))
+                    .col(big_integer(QuotaBuckets::Version))
+                    .primary_key(
+                        Index::create()
+                            .col(QuotaBuckets::Tenant)
+                            .col(QuotaBuckets::Kind),
+                    )
                     .to_owned(),
             )
             .await

@@ -8,11 +8,16 @@
 //! - [`migration`]: the schema, applied at start.
 //! - [`projection`]: how ingestion events change rows (idempotently: a completion seen twice
 //!   changes nothing the second time).
+//! - [`claim`]: idempotency keys claimed before a write, so that a key writes once across
+//!   gateways.
+//! - [`quota`]: per-tenant token buckets every gateway draws from.
 
+pub mod claim;
 pub mod event;
 pub mod ingestion;
 pub mod migration;
 pub mod projection;
+pub mod quota;
 
 use std::time::Duration;
 

@@ -8,22 +8,44 @@
 //! re-send is a change of its own).
 //!
 //! Within one gateway, requests with the same key (or the same document) take turns from
-//! lookup to commit, so two copies arriving together are written once. Copies racing through
-//! two gateway instances at the same instant can both be written; indexing the same content
-//! twice leaves the same points, so the document is still indexed once.
+//! lookup to commit, so two copies arriving together are written once. Across gateways a key
+//! is claimed in the database before the write ([`sluice_core::db::claim`]): the primary key
+//! lets one gateway win, and the others wait for its ingestion and answer with it. Copies
+//! without a key racing through two gateways at the same instant can both be written;
+//! indexing the same content twice leaves the same points, so the document is still indexed
+//! once.
+//!
+//! A claim whose write failed is released at once. One left by a gateway that died between
+//! claiming and recording is forgotten after [`CLAIM_LEASE`] (twice the Kafka transaction
+//! timeout, so its transaction has surely committed or aborted). Only if that gateway died
+//! after its commit and the workers have not completed the ingestion within the lease can the
+//! key then be written a second time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DbErr};
-use sluice_core::db::{ingestion, projection};
+use sluice_core::db::{claim, ingestion, projection};
+use sluice_core::kafka::TRANSACTION_TIMEOUT;
 use sluice_core::record::{now_ms, DocumentRecord};
 use sluice_core::tenant::TenantId;
 use tokio::sync::OwnedMutexGuard;
 
+/// How long a claim holds a key with no ingestion recorded under it.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * TRANSACTION_TIMEOUT.as_secs());
+
+/// The outcome of claiming a request's keys.
+pub enum Claimed {
+    /// Ours: write, then keep them (or [`Idempotency::release`] them if the write fails).
+    Mine(Vec<(String, String)>),
+    /// Another gateway is writing at least one of them: look for its ingestion again.
+    Elsewhere,
+}
+
 type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
+#[derive(Clone)]
 pub struct Idempotency {
     db: DatabaseConnection,
     window: Duration,
@@ -137,5 +159,39 @@ impl Idempotency {
             }
         }
         Ok(Some(repeats))
+    }
+
+    /// Claims the request's keys in the database, all or none (see the module's doc).
+    pub async fn claim(
+        &self,
+        tenant: &TenantId,
+        records: &[DocumentRecord],
+        keys: &[Option<String>],
+    ) -> Result<Claimed, DbErr> {
+        let claims: Vec<(String, String)> = records
+            .iter()
+            .zip(keys)
+            .filter_map(|(record, key)| Some((key.clone()?, record.ingestion_id.clone())))
+            .collect();
+        let now = now_ms();
+        if claim::claim(&self.db, tenant.as_str(), &claims, now).await? {
+            return Ok(Claimed::Mine(claims));
+        }
+        let named: Vec<String> = claims.into_iter().map(|(key, _)| key).collect();
+        let lease = CLAIM_LEASE.as_millis() as i64;
+        for stale in claim::held(&self.db, tenant.as_str(), &named).await? {
+            if stale.claimed_at_ms < now - lease && claim::forget(&self.db, &stale).await? {
+                tracing::warn!(tenant = %tenant, key = %stale.key, ingestion_id = %stale.ingestion_id, "idempotency claim left behind past its lease forgotten");
+            }
+        }
+        Ok(Claimed::Elsewhere)
+    }
+
+    /// Gives back keys whose write failed, so that a retry can write them.
+    pub async fn release(&self, tenant: &TenantId, claims: &[(String, String)]) {
+        if let Err(error) = claim::release(&self.db, tenant.as_str(), claims).await {
+            // The claim then lapses after CLAIM_LEASE; until then retries are told to wait.
+            tracing::warn!(error = %sluice_core::telemetry::Chain(&error), "idempotency claims not released");
+        }
     }
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::ingest::appender::Appender;
 use crate::ingest::hub::{self, is_terminal, Hub, TenantEvent};
-use crate::ingest::idempotency::Idempotency;
+use crate::ingest::idempotency::{Claimed, Idempotency};
 use crate::ingest::recorder::Recorder;
 use crate::ingest::validate::{self, Refusal, Validator};
 use crate::ingest::watch::{EventTail, WATCH_PAGE};
@@ -42,6 +42,10 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 /// How often a waiting call asks again whether its caller may still call.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a request waits for another gateway that holds its idempotency key to record its
+/// ingestion, and how often it looks.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+const CLAIM_POLL: Duration = Duration::from_millis(20);
 
 pub struct IngestApi {
     pub auth: Authenticator,
@@ -73,14 +77,31 @@ impl IngestApi {
             .idempotency
             .turn(tenant, records, &idempotency_keys)
             .await;
-        if let Some(first) = self
-            .idempotency
-            .repeated(tenant, records, &idempotency_keys)
-            .await
-            .map_err(status::database)?
-        {
-            return Ok(first.iter().map(to_proto).collect());
-        }
+        // Then the keys are claimed across gateways; while another gateway writes one of
+        // them, its ingestion is looked for again until it is recorded.
+        let waiting_since = Instant::now();
+        let claims = loop {
+            if let Some(first) = self
+                .idempotency
+                .repeated(tenant, records, &idempotency_keys)
+                .await
+                .map_err(status::database)?
+            {
+                return Ok(first.iter().map(to_proto).collect());
+            }
+            match self
+                .idempotency
+                .claim(tenant, records, &idempotency_keys)
+                .await
+                .map_err(status::database)?
+            {
+                Claimed::Mine(claims) => break claims,
+                Claimed::Elsewhere if waiting_since.elapsed() < CLAIM_WAIT => {
+                    tokio::time::sleep(CLAIM_POLL).await
+                }
+                Claimed::Elsewhere => return Err(status::written_elsewhere()),
+            }
+        };
         // Writing and recording run on their own task: a client that gives up (drops the
         // call) after the Kafka commit must not stop the idempotency key being recorded, or
         // its retry would write a second record. The turn is held until both are done.
@@ -88,6 +109,7 @@ impl IngestApi {
             appender: self.appender.clone(),
             recorder: self.recorder.clone(),
             hub: self.hub.clone(),
+            idempotency: self.idempotency.clone(),
         };
         let (tenant, mut records) = (tenant.clone(), records.to_vec());
         // The key travels with the record, so the completion can hand it back (see
@@ -98,7 +120,11 @@ impl IngestApi {
         tokio::spawn(
             async move {
                 let _turn = turn;
-                write.run(&tenant, &records, idempotency_keys).await
+                let written = write.run(&tenant, &records, idempotency_keys).await;
+                if written.is_err() {
+                    write.idempotency.release(&tenant, &claims).await;
+                }
+                written
             }
             .in_current_span(),
         )
@@ -190,6 +216,7 @@ struct Write {
     appender: Appender,
     recorder: Recorder,
     hub: Hub,
+    idempotency: Idempotency,
 }
 
 impl Write {
@@ -264,7 +291,7 @@ impl IngestService for IngestApi {
             .wait
             .then(|| self.quotas.open_watch(&caller, Watcher::Waiting))
             .transpose()?;
-        self.quotas.admit(&caller, 1, size)?;
+        self.quotas.admit(&caller, 1, size).await?;
         let tenant = caller.tenant;
         let record = self
             .validator
@@ -303,7 +330,7 @@ impl IngestService for IngestApi {
                 .payload_size(&caller, &format!("documents[{i}]"), size)?;
             total += size;
         }
-        self.quotas.admit(&caller, count, total)?;
+        self.quotas.admit(&caller, count, total).await?;
         let tenant = caller.tenant;
         // Validate everything first: one bad document rejects the whole batch, naming it.
         let mut records = Vec::with_capacity(count);
@@ -336,7 +363,7 @@ impl IngestService for IngestApi {
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
         let caller = self.auth.caller(&request)?;
         // A deletion travels through Kafka like a document, so it counts as one.
-        self.quotas.admit(&caller, 1, 0)?;
+        self.quotas.admit(&caller, 1, 0).await?;
         let deadline = deadline_of(&request);
         let credentials = request
             .get_ref()

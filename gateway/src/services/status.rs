@@ -107,6 +107,17 @@ pub fn transaction_failed(error: &TransactionError) -> Status {
     }
 }
 
+/// Another gateway holds the request's idempotency key and has not recorded its ingestion in
+/// time: a retry finds it (or, if that gateway died, writes once its claim has lapsed).
+pub fn written_elsewhere() -> Status {
+    with_retry(
+        Code::Aborted,
+        "a request with this idempotency key is being written through another gateway; retry \
+         to get its ingestion",
+        Duration::from_secs(1),
+    )
+}
+
 pub fn database(error: DbErr) -> Status {
     tracing::error!(error = %Chain(&error), "database error");
     with_retry(

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{Either, Ready};
+use futures::future::BoxFuture;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
@@ -36,17 +36,13 @@ impl Admission {
     }
 
     /// The caller of a call to `method` (`IngestService/GetIngestion`), or the refusal.
-    fn check(&self, method: &str, request: &http::Request<Body>) -> Result<Caller, tonic::Status> {
+    fn caller(&self, request: &http::Request<Body>) -> Result<Caller, tonic::Status> {
         // The same view of the call the services get: metadata and the connection's
         // certificates (extensions).
         let mut probe = http::Request::new(());
         *probe.headers_mut() = request.headers().clone();
         *probe.extensions_mut() = request.extensions().clone();
-        let caller = self.auth.caller(&tonic::Request::from_http(probe))?;
-        if !INGESTIONS.contains(&method) {
-            self.quotas.request(&caller, method)?;
-        }
-        Ok(caller)
+        self.auth.caller(&tonic::Request::from_http(probe))
     }
 }
 
@@ -70,28 +66,41 @@ pub struct Admitted<S> {
 
 impl<S> Service<http::Request<Body>> for Admitted<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<http::Response<Body>, S::Error>>, S::Future>;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let Some(method) = request.uri().path().strip_prefix("/sluice.v1.") else {
-            return Either::Right(self.inner.call(request));
+            return Box::pin(self.inner.call(request));
         };
-        match self.admission.check(method, &request) {
-            Ok(caller) => {
-                // The service reads it instead of reading the certificate again.
-                let mut request = request;
-                request.extensions_mut().insert(AdmittedCaller(caller));
-                Either::Right(self.inner.call(request))
+        let caller = match self.admission.caller(&request) {
+            Ok(caller) => caller,
+            Err(status) => return Box::pin(futures::future::ready(Ok(status.into_http()))),
+        };
+        let counted = !INGESTIONS.contains(&method);
+        let method = method.to_owned();
+        // The service that was made ready serves this call; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let quotas = self.admission.quotas.clone();
+        Box::pin(async move {
+            if counted {
+                if let Err(status) = quotas.request(&caller, &method).await {
+                    return Ok(status.into_http());
+                }
             }
-            Err(status) => Either::Left(futures::future::ready(Ok(status.into_http()))),
-        }
+            // The service reads it instead of reading the certificate again.
+            request.extensions_mut().insert(AdmittedCaller(caller));
+            inner.call(request).await
+        })
     }
 }
