@@ -224,6 +224,24 @@ enum CertCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a worker's client certificate (worker-<name>.pem, worker-<name>-key.pem): a
+    /// `sluice-worker` without the database reads schemas by id through the gateway's
+    /// registry API with it. It acts for no tenant.
+    Worker {
+        /// The worker's name (lowercase letters, digits and '-').
+        #[arg(value_parser = worker_name)]
+        name: String,
+        /// Where ca.pem and ca-key.pem are.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        days: u64,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Let certificates with this identity authenticate as the tenant.
     Bind {
         #[arg(value_parser = TenantId::parse)]
@@ -592,6 +610,22 @@ async fn cert(cli: &Cli, command: &CertCommand) -> anyhow::Result<()> {
                 println!("note: tenant {tenant} is suspended; resume it before it can connect");
             }
         }
+        CertCommand::Worker {
+            name,
+            ca_dir,
+            out,
+            days,
+            force,
+        } => {
+            let cert_pem = out.join(format!("worker-{name}.pem"));
+            let key_pem = out.join(format!("worker-{name}-key.pem"));
+            refuse_overwrite(&[&cert_pem, &key_pem], *force)?;
+            let ca = load_authority(ca_dir)?;
+            let spec = CertSpec::client_for_worker(cli.trust_domain(), name, days_from(*days));
+            let issued = ca.issue(&spec)?;
+            write_issued(&issued, &cert_pem, &key_pem)?;
+            print_identity(&issued.identity);
+        }
         CertCommand::Bind { tenant, identity } => {
             let binding = identity.binding()?;
             let registry = cli.registry().await?;
@@ -836,5 +870,20 @@ fn redact_password(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// A worker's name: what a SPIFFE path segment and a file name can both hold.
+fn worker_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("1 to 63 lowercase letters, digits and '-', not starting with '-'".into())
     }
 }

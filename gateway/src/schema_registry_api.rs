@@ -12,6 +12,11 @@
 //! compatibility level can be read but not changed: it applies to every tenant, so it is the
 //! operator's (`schemas.default_compatibility`).
 //!
+//! A worker (a client certificate naming `spiffe://<trust-domain>/worker/<name>`, issued by
+//! `sluice-admin cert worker`) may read any schema by id and any subject's versions, and
+//! nothing else: that is what a `sluice-worker` without the database needs to decode every
+//! tenant's records.
+//!
 //! Errors are Confluent's: `{"error_code": N, "message": "..."}`, with its codes (40401
 //! subject not found, 409 incompatible, 42201 invalid schema, and so on; see [`ApiError`]).
 
@@ -152,8 +157,38 @@ impl FromRequestParts<Shared> for Tenant {
         let caller = api.auth.caller(&request).map_err(ApiError::refused)?;
         api.quotas
             .request(&caller, "the schema registry REST API")
+            .await
             .map_err(ApiError::refused)?;
         Ok(Tenant(caller.tenant))
+    }
+}
+
+/// Who reads a schema: a tenant (only what its subjects use), or a worker (any tenant's, to
+/// decode the records it indexes; see [`Authenticator::worker`]).
+enum Reader {
+    Tenant(TenantId),
+    Worker,
+}
+
+impl FromRequestParts<Shared> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Shared) -> Result<Self, ApiError> {
+        let request = tonic::Request::from_parts(
+            MetadataMap::from_headers(parts.headers.clone()),
+            parts.extensions.clone(),
+            (),
+        );
+        if api
+            .auth
+            .worker(&request)
+            .map_err(ApiError::refused)?
+            .is_some()
+        {
+            return Ok(Reader::Worker);
+        }
+        let Tenant(tenant) = Tenant::from_request_parts(parts, api).await?;
+        Ok(Reader::Tenant(tenant))
     }
 }
 
@@ -497,11 +532,13 @@ async fn list_versions(
 
 async fn get_version(
     State(api): State<Shared>,
-    Tenant(tenant): Tenant,
+    reader: Reader,
     Path((subject, version)): Path<(String, String)>,
     flags: Flags,
 ) -> Reply {
-    api.readable(&tenant, &subject)?;
+    if let Reader::Tenant(tenant) = &reader {
+        api.readable(tenant, &subject)?;
+    }
     let found = api
         .registry
         .get_version(&subject, parse_version(&version)?, flags.on("deleted"))
@@ -512,11 +549,13 @@ async fn get_version(
 /// The schema itself, unwrapped.
 async fn get_version_schema(
     State(api): State<Shared>,
-    Tenant(tenant): Tenant,
+    reader: Reader,
     Path((subject, version)): Path<(String, String)>,
     flags: Flags,
 ) -> Reply {
-    api.readable(&tenant, &subject)?;
+    if let Reader::Tenant(tenant) = &reader {
+        api.readable(tenant, &subject)?;
+    }
     let found = api
         .registry
         .get_version(&subject, parse_version(&version)?, flags.on("deleted"))
@@ -637,24 +676,24 @@ async fn delete_version(
 }
 
 /// A schema by id (`?subject=` is accepted; ids are global).
-async fn schema_by_id(
-    State(api): State<Shared>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
-) -> Reply {
+async fn schema_by_id(State(api): State<Shared>, reader: Reader, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id)?;
-    api.ensure_visible(&tenant, id).await?;
+    if let Reader::Tenant(tenant) = &reader {
+        api.ensure_visible(tenant, id).await?;
+    }
     let (schema, references) = api.registry.schema_by_id(id).await?;
     Ok(reply(schema_json(json!({ "schema": schema }), &references)))
 }
 
 async fn raw_schema_by_id(
     State(api): State<Shared>,
-    Tenant(tenant): Tenant,
+    reader: Reader,
     Path(id): Path<String>,
 ) -> Reply {
     let id = parse_id(&id)?;
-    api.ensure_visible(&tenant, id).await?;
+    if let Reader::Tenant(tenant) = &reader {
+        api.ensure_visible(tenant, id).await?;
+    }
     let (schema, _) = api.registry.schema_by_id(id).await?;
     Ok(raw(schema))
 }

@@ -172,6 +172,22 @@ impl CertSpec {
         }
     }
 
+    /// A client certificate for a worker (`sluice-worker` reading schemas through the
+    /// gateway's registry API): CN `sluice-worker <name>`, and the SPIFFE URI SAN
+    /// `spiffe://<trust_domain>/worker/<name>` names it. It acts for no tenant.
+    pub fn client_for_worker(trust_domain: &str, name: &str, valid_for: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            common_name: format!("sluice-worker {name}"),
+            uri_sans: vec![spiffe_worker_uri(trust_domain, name)],
+            dns_sans: Vec::new(),
+            ip_sans: Vec::new(),
+            not_before: now - CLOCK_SKEW,
+            not_after: now + valid_for,
+            server: false,
+        }
+    }
+
     /// A server certificate for these host names and IP addresses (`localhost`,
     /// `127.0.0.1`); the first one is also the CN.
     pub fn server(names: &[&str], valid_for: Duration) -> Self {
@@ -266,13 +282,24 @@ impl CertificateIdentity {
     /// written: the caller validates it. `None` when there is none, or more than one (a
     /// SPIFFE identity is exactly one URI).
     pub fn spiffe_tenant(&self, trust_domain: &str) -> Option<String> {
-        let prefix = format!("uri:{}", spiffe_uri(trust_domain, ""));
-        let mut tenants = self
+        self.spiffe_name(&spiffe_uri(trust_domain, ""))
+    }
+
+    /// The worker name in the SPIFFE URI SAN `spiffe://<trust_domain>/worker/<name>`, as for
+    /// [`Self::spiffe_tenant`].
+    pub fn spiffe_worker(&self, trust_domain: &str) -> Option<String> {
+        self.spiffe_name(&spiffe_worker_uri(trust_domain, ""))
+    }
+
+    /// What follows `prefix` in the certificate's one SPIFFE URI SAN.
+    fn spiffe_name(&self, prefix: &str) -> Option<String> {
+        let prefix = format!("uri:{prefix}");
+        let mut names = self
             .sans
             .iter()
             .filter_map(|san| san.strip_prefix(&prefix))
             .filter(|id| !id.is_empty());
-        match (tenants.next(), tenants.next()) {
+        match (names.next(), names.next()) {
             (Some(id), None) => Some(id.to_owned()),
             _ => None,
         }
@@ -346,6 +373,10 @@ fn escape_value(value: &str) -> String {
 
 fn spiffe_uri(trust_domain: &str, tenant: &str) -> String {
     format!("spiffe://{trust_domain}/tenant/{tenant}")
+}
+
+fn spiffe_worker_uri(trust_domain: &str, name: &str) -> String {
+    format!("spiffe://{trust_domain}/worker/{name}")
 }
 
 fn common_name_only(common_name: &str) -> DistinguishedName {

@@ -5,24 +5,29 @@
 //! exactly when its offset is. A failed transaction aborts both; the worker then rebuilds its
 //! consumer and producer and resumes from the last committed offsets, processing those records
 //! again, which is harmless because indexing is idempotent.
+//!
+//! A batch is indexed together ([`Indexer::process_batch`]: one embedding call for all its
+//! records' chunks). A record that fails in a way that may pass is retried alone; while the
+//! vector store or the schema registry is down the worker waits for it (paused, and its health
+//! says why) rather than fail documents into the dead-letter topic.
 
 use sluice_core::telemetry::Chain;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_core::config::{KafkaConfig, WorkerConfig};
 use sluice_core::kafka::{read_committed_consumer, OutgoingRecord, TransactionalProducer};
 use sluice_core::record::{
-    dead_letter_header, now_ms, Completion, DocumentRecord, Outcome, Position,
+    dead_letter_header, now_ms, Completion, DocumentRecord, MalformedRecord, Outcome, Position,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::indexer::{Indexer, ProcessError, Processed};
 
@@ -36,6 +41,11 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 /// above the longest a batch can take (one document of `chunking.max_document_tokens`, ≈ 90 s
 /// on 2 cores at the default), with room for a slow machine.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
+/// The longest wait between retries of a record.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How long a worker waits for a dependency that is down before it gives up the batch (and
+/// consumes it again): well inside [`MAX_POLL_INTERVAL`].
+const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// Bound on each transaction step; a dead broker is noticed within it.
 const TRANSACTION_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,6 +55,7 @@ pub struct Worker {
     settings: WorkerConfig,
     indexer: Indexer,
     assignment: Assignment,
+    pause: Pause,
 }
 
 /// The partitions a worker holds and when it last polled, for its health and readiness.
@@ -80,6 +91,34 @@ impl Assignment {
     }
 }
 
+/// Why the worker is paused (a dependency every record needs is down) and since when, for
+/// its health. Cheap to clone; clones share.
+#[derive(Clone, Default)]
+pub struct Pause {
+    inner: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl Pause {
+    /// Why, and for how long so far; `None` while the worker is not paused.
+    pub fn reason(&self) -> Option<(String, Duration)> {
+        self.inner
+            .lock()
+            .expect("pause lock")
+            .as_ref()
+            .map(|(reason, since)| (reason.clone(), since.elapsed()))
+    }
+
+    fn set(&self, reason: &str, since: Instant) {
+        metrics::gauge!("sluice_worker_paused").set(1.0);
+        *self.inner.lock().expect("pause lock") = Some((reason.to_owned(), since));
+    }
+
+    fn clear(&self) {
+        metrics::gauge!("sluice_worker_paused").set(0.0);
+        *self.inner.lock().expect("pause lock") = None;
+    }
+}
+
 /// A running worker; [`WorkerHandle::shutdown`] stops it after its current batch.
 pub struct WorkerHandle {
     shutdown: CancellationToken,
@@ -106,12 +145,18 @@ impl Worker {
             settings,
             indexer,
             assignment: Assignment::default(),
+            pause: Pause::default(),
         }
     }
 
     /// What this worker holds, kept up to date while it runs.
     pub fn assignment(&self) -> Assignment {
         self.assignment.clone()
+    }
+
+    /// Whether it is paused waiting for a dependency, kept up to date while it runs.
+    pub fn pause(&self) -> Pause {
+        self.pause.clone()
     }
 
     pub fn spawn(self) -> WorkerHandle {
@@ -217,32 +262,47 @@ impl Worker {
                 }
             }
 
+            // One span per record (OpenTelemetry's messaging conventions), a child of the
+            // gateway's `send` when the record carries its trace context.
+            let spans: Vec<Span> = batch.iter().map(process_span).collect();
             let mut outgoing = Vec::with_capacity(batch.len());
             let mut completed = Vec::with_capacity(batch.len());
             let mut next_offsets = BTreeMap::new();
-            for message in &batch {
-                // One span per record (OpenTelemetry's messaging conventions), a child of
-                // the gateway's `send` when the record carries its trace context.
-                let span = tracing::info_span!(
-                    "process",
-                    otel.name = %format!("process {}", message.topic()),
-                    otel.kind = "consumer",
-                    messaging.system = "kafka",
-                    messaging.operation.type = "process",
-                    messaging.destination.name = %message.topic(),
-                    messaging.destination.partition.id = message.partition(),
-                    messaging.kafka.offset = message.offset(),
-                );
-                sluice_core::telemetry::extract(&span, |key| {
-                    sluice_core::kafka::header_text(message, key)
-                });
-                let (records, completion) = self.handle(message).instrument(span).await;
-                outgoing.extend(records);
-                completed.extend(completion);
+            let mut records = Vec::with_capacity(batch.len());
+            for (i, message) in batch.iter().enumerate() {
+                match DocumentRecord::from_message(message) {
+                    Ok(record) => records.push((i, record)),
+                    Err(error) => {
+                        let _entered = spans[i].enter();
+                        outgoing.push(self.malformed(message, &error));
+                    }
+                }
                 next_offsets.insert(
                     (message.topic().to_owned(), message.partition()),
                     message.offset() + 1,
                 );
+            }
+            // The whole batch through the pipeline at once; what failed in a way that may
+            // pass is retried record by record.
+            let inputs: Vec<(&DocumentRecord, Span)> = records
+                .iter()
+                .map(|(i, record)| (record, spans[*i].clone()))
+                .collect();
+            let results = self.indexer.process_batch(&inputs).await;
+            for ((i, record), result) in records.iter().zip(results) {
+                let span = &spans[*i];
+                let settled = match result {
+                    Err(error) if error.is_transient() => {
+                        self.retry(record, error, shutdown)
+                            .instrument(span.clone())
+                            .await?
+                    }
+                    other => other.map_err(|error| (error, 1)),
+                };
+                let (records, completion) =
+                    span.in_scope(|| self.complete(&batch[*i], record, settled));
+                outgoing.extend(records);
+                completed.push(completion);
             }
             let mut offsets = TopicPartitionList::new();
             for ((topic, partition), offset) in next_offsets {
@@ -266,49 +326,92 @@ impl Worker {
         }
     }
 
-    /// Processes one record into what the transaction must carry: its completion, and a
-    /// dead letter when it could not be processed. Also returns the completion, counted in
-    /// the metrics once the transaction commits.
-    async fn handle(&self, message: &OwnedMessage) -> (Vec<OutgoingRecord>, Option<Completion>) {
-        let origin = Position {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        let record = match DocumentRecord::from_message(message) {
-            Ok(record) => record,
-            Err(error) => {
-                // Without its headers there is no ingestion to complete; keep the record.
-                tracing::error!(error = %Chain(&error), ?origin, "malformed record sent to dead letters");
-                metrics::counter!("sluice_worker_dead_letters_total", "class" => "malformed")
-                    .increment(1);
-                let dead_letter =
-                    self.dead_letter(message, &origin, "malformed", &error.to_string(), 1);
-                return (vec![dead_letter], None);
+    /// A record without the headers of an ingestion: there is nothing to complete, so it is
+    /// kept in the dead-letter topic.
+    fn malformed(&self, message: &OwnedMessage, error: &MalformedRecord) -> OutgoingRecord {
+        let origin = position(message);
+        tracing::error!(error = %Chain(error), ?origin, "malformed record sent to dead letters");
+        metrics::counter!("sluice_worker_dead_letters_total", "class" => "malformed").increment(1);
+        self.dead_letter(message, &origin, "malformed", &error.to_string(), 1)
+    }
+
+    /// Processes a record again after `error`: a few times (`worker.max_attempts` in all) for
+    /// trouble of its own; for as long as a dependency every record needs is down, without
+    /// counting, so an outage fails no document. While it waits the worker is paused (its
+    /// health says why) and consumes nothing else. A pause longer than [`MAX_PAUSE`] ends
+    /// the session instead, before the broker would take the partitions away: the batch is
+    /// uncommitted and consumed again.
+    async fn retry(
+        &self,
+        record: &DocumentRecord,
+        mut error: ProcessError,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Result<Processed, (ProcessError, u32)>> {
+        let mut attempts = 1;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.settings.retry_initial_ms))
+            .with_max_delay(MAX_RETRY_DELAY)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut paused_since = None;
+        let settled = loop {
+            let outage = match &error {
+                ProcessError::Rejected(_) => break Ok(Err((error, attempts))),
+                ProcessError::Unavailable { .. } => true,
+                // Not obviously an outage; it is one if the store does not answer either.
+                ProcessError::Transient(_) => self.indexer.dependencies().await.is_err(),
+            };
+            if outage {
+                let since = *paused_since.get_or_insert_with(Instant::now);
+                self.pause.set(&error.to_string(), since);
+                if since.elapsed() > MAX_PAUSE {
+                    break Err(anyhow::anyhow!(
+                        "paused for {} s ({error}): leaving the batch uncommitted",
+                        MAX_PAUSE.as_secs()
+                    ));
+                }
+            } else {
+                if paused_since.take().is_some() {
+                    self.pause.clear();
+                }
+                if attempts >= self.settings.max_attempts {
+                    break Ok(Err((error, attempts)));
+                }
+                attempts += 1;
+            }
+            let delay = delays.next().unwrap_or(MAX_RETRY_DELAY);
+            metrics::counter!("sluice_worker_retries_total").increment(1);
+            tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(&error), ?delay, outage, "retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => break Err(anyhow::anyhow!("shut down while retrying: leaving the batch uncommitted")),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match self.indexer.process(record).await {
+                Ok(processed) => break Ok(Ok(processed)),
+                Err(next) => error = next,
             }
         };
-        let mut attempts = 0;
-        let result = (|| {
-            attempts += 1;
-            self.indexer.process(&record)
-        })
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(self.settings.retry_initial_ms))
-                .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
-                .with_jitter(),
-        )
-        .when(ProcessError::is_transient)
-        .notify(|error, delay| {
-            metrics::counter!("sluice_worker_retries_total").increment(1);
-            tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(error), ?delay, "retrying")
-        })
-        .await;
+        if paused_since.is_some() {
+            self.pause.clear();
+        }
+        settled
+    }
 
+    /// What the transaction must carry for a processed record: its completion, and a dead
+    /// letter when retrying could not help. Also returns the completion, counted in the
+    /// metrics once the transaction commits.
+    fn complete(
+        &self,
+        message: &OwnedMessage,
+        record: &DocumentRecord,
+        settled: Result<Processed, (ProcessError, u32)>,
+    ) -> (Vec<OutgoingRecord>, Completion) {
+        let origin = position(message);
         let mut outgoing = Vec::with_capacity(2);
-        let processed = match result {
+        let processed = match settled {
             Ok(processed) => processed,
-            Err(error) => {
+            Err((error, attempts)) => {
                 tracing::warn!(ingestion_id = %record.ingestion_id, error = %Chain(&error), attempts, "ingestion failed");
                 if error.is_transient() {
                     metrics::counter!("sluice_worker_dead_letters_total", "class" => error.class())
@@ -322,10 +425,8 @@ impl Worker {
                     ));
                 }
                 let reason = match &error {
-                    ProcessError::Transient(reason) => {
-                        format!("gave up after {attempts} attempts: {reason}")
-                    }
                     ProcessError::Rejected(reason) => reason.clone(),
+                    transient => format!("gave up after {attempts} attempts: {transient}"),
                 };
                 Processed {
                     outcome: Outcome::Failed,
@@ -359,7 +460,7 @@ impl Worker {
             payload: completion.to_json(),
             headers: sluice_core::kafka::with_headers(OwnedHeaders::new(), &context),
         });
-        (outgoing, Some(completion))
+        (outgoing, completion)
     }
 
     fn dead_letter(
@@ -422,4 +523,29 @@ fn count_completion(completion: &Completion) {
     metrics::histogram!("sluice_worker_ingest_to_completed_seconds").record(
         sluice_core::metrics::seconds_since_ms(completion.accepted_at_ms),
     );
+}
+
+/// Where a message is.
+fn position(message: &OwnedMessage) -> Position {
+    Position {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}
+
+/// A record's `process` span.
+fn process_span(message: &OwnedMessage) -> Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {}", message.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = %message.topic(),
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+    );
+    sluice_core::telemetry::extract(&span, |key| sluice_core::kafka::header_text(message, key));
+    span
 }

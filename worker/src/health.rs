@@ -24,7 +24,7 @@ use sluice_core::telemetry::Chain;
 use sluice_core::vector::VectorStore;
 use sluice_embed::Embedder;
 
-use crate::consumer::Assignment;
+use crate::consumer::{Assignment, Pause};
 
 /// How long the model's check stands: it runs the model, which a health endpoint must not do
 /// on every hit (a client polling it would take cores from the work).
@@ -88,6 +88,8 @@ pub struct WorkerHealth {
     pub model: ModelCheck,
     pub schemas: Arc<SchemaCatalog>,
     pub assignment: Assignment,
+    /// Set while the worker waits for a dependency that is down.
+    pub pause: Pause,
     /// The group's lag on the documents topic (all partitions, measured by this worker).
     pub lag: LagReport,
 }
@@ -117,12 +119,20 @@ impl WorkerHealth {
             Some(age) => Err(format!("no poll for {} s", age.as_secs())),
             None => Err("not consuming yet".to_owned()),
         };
+        let indexing = match self.pause.reason() {
+            Some((reason, since)) => Err(format!(
+                "paused for {} s, consuming nothing until it passes: {reason}",
+                since.as_secs()
+            )),
+            None => Ok("not paused".to_owned()),
+        };
         let lag = self.lag.lock().expect("lag report lock").clone();
         WorkerReport {
             health: HealthReport::new(BTreeMap::from([
                 ("vector_store".to_owned(), Dependency::from_result(store)),
                 ("model".to_owned(), Dependency::from_result(model)),
                 ("broker".to_owned(), Dependency::from_result(broker)),
+                ("indexing".to_owned(), Dependency::from_result(indexing)),
             ])),
             lag: lag
                 .into_iter()

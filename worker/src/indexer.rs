@@ -1,16 +1,23 @@
-//! One document record through the pipeline: decode → chunk → embed → index.
+//! Records through the pipeline: decode → chunk → embed → index (or delete).
+//!
+//! [`Indexer::process_batch`] takes a batch of records at once: each is decoded and chunked,
+//! then the chunks of all of them are embedded together, so that many small documents still
+//! fill the model's batches; then the store is written in record order (an upsert and a later
+//! delete of one document land in that order). [`Indexer::process`] is one record alone (the
+//! worker's retries).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{info_span, Instrument};
+use tracing::{info_span, Instrument, Span};
 
 use sluice_core::record::{DocumentRecord, Operation, Outcome};
 use sluice_core::schema::DocumentSchema;
 use sluice_core::schema_registry::catalog::CatalogError;
 use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::telemetry::Chain;
-use sluice_core::vector::{Chunk, IndexedDocument, VectorStore};
+use sluice_core::vector::{Chunk, IndexedDocument, VectorStore, VectorStoreError};
 use sluice_embed::Embedder;
 
 use crate::chunk::Chunker;
@@ -24,20 +31,30 @@ pub struct Processed {
 }
 
 /// Why a record could not be processed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProcessError {
     /// The record itself is bad (undecodable payload, no text, unknown schema): retrying
     /// cannot help, so the ingestion fails with this reason.
     #[error("{0}")]
     Rejected(String),
-    /// The model, the vector store or the schema registry failed; retrying may help.
+    /// Something failed while processing this record (the model, say); retrying may help, a
+    /// few times.
     #[error("{0}")]
     Transient(String),
+    /// A dependency every record needs cannot be reached (the vector store, the schema
+    /// registry): not the record's fault. The worker waits for it to come back rather than
+    /// fail the record.
+    #[error("{dependency} unavailable: {reason}")]
+    Unavailable {
+        dependency: &'static str,
+        reason: String,
+    },
 }
 
 impl ProcessError {
+    /// Whether processing the record again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ProcessError::Transient(_))
+        !matches!(self, ProcessError::Rejected(_))
     }
 
     /// Short class for dead-letter headers and logs.
@@ -45,8 +62,28 @@ impl ProcessError {
         match self {
             ProcessError::Rejected(_) => "rejected",
             ProcessError::Transient(_) => "transient",
+            ProcessError::Unavailable { .. } => "unavailable",
         }
     }
+
+    fn store(error: &VectorStoreError) -> Self {
+        let reason = Chain(error).to_string();
+        if error.is_unavailable() {
+            ProcessError::Unavailable {
+                dependency: "vector store",
+                reason,
+            }
+        } else {
+            ProcessError::Transient(reason)
+        }
+    }
+}
+
+/// A record decoded and chunked, waiting for its embeddings.
+struct Prepared {
+    pieces: Vec<String>,
+    /// The schema's declared attributes.
+    attributes: BTreeMap<String, String>,
 }
 
 /// The stages, wired together. Cheap to clone.
@@ -73,26 +110,106 @@ impl Indexer {
         }
     }
 
+    /// One record through the pipeline, in the current span.
     pub async fn process(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
-        match record.operation {
-            Operation::Upsert => self.upsert(record).await,
-            Operation::Delete => self.delete(record).await,
-        }
+        let span = Span::current();
+        self.process_batch(&[(record, span)]).await.remove(0)
     }
 
-    async fn upsert(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
-        let text = self.decode(record).instrument(info_span!("decode")).await?;
-        let pieces = self.chunk(text.0).instrument(info_span!("chunk")).await?;
-        let started = Instant::now();
-        let vectors = self
-            .embed(&pieces)
-            .instrument(info_span!("embed", chunks = pieces.len()))
+    /// Records through the pipeline together (see the module's doc), each result in its
+    /// record's place. Each record's stages are spans under its own `span`; the shared
+    /// embedding shows as an `embed` span under every record it served.
+    pub async fn process_batch(
+        &self,
+        records: &[(&DocumentRecord, Span)],
+    ) -> Vec<Result<Processed, ProcessError>> {
+        // Stages 1 and 2, record by record.
+        let mut prepared = Vec::with_capacity(records.len());
+        for (record, span) in records {
+            prepared.push(match record.operation {
+                Operation::Upsert => self.prepare(record, span).await.map(Some),
+                Operation::Delete => Ok(None),
+            });
+        }
+        // Stage 3: the chunks of every record at once.
+        let texts: Vec<String> = prepared
+            .iter()
+            .flat_map(|p| match p {
+                Ok(Some(p)) => p.pieces.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let spans: Vec<Span> = records
+            .iter()
+            .zip(&prepared)
+            .filter_map(|((_, span), p)| match p {
+                Ok(Some(p)) => Some(info_span!(parent: span, "embed", chunks = p.pieces.len(), batch_chunks = texts.len())),
+                _ => None,
+            })
+            .collect();
+        let vectors = if texts.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let started = Instant::now();
+            let vectors = self.embed(texts).await;
+            metrics::histogram!("sluice_worker_embedding_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            vectors
+        };
+        drop(spans);
+        if let Ok(vectors) = &vectors {
+            metrics::histogram!("sluice_worker_embedding_chunks_per_batch")
+                .record(vectors.len() as f64);
+            metrics::counter!("sluice_worker_chunks_embedded_total")
+                .increment(vectors.len() as u64);
+        }
+        // Stage 4, in record order.
+        let mut vectors = vectors.map(Vec::into_iter);
+        let mut results = Vec::with_capacity(records.len());
+        for ((record, span), prepared) in records.iter().zip(prepared) {
+            results.push(match prepared {
+                Err(error) => Err(error),
+                Ok(None) => self.delete(record).instrument(span.clone()).await,
+                Ok(Some(prepared)) => match &mut vectors {
+                    Err(error) => Err(error.clone()),
+                    Ok(vectors) => {
+                        let mine: Vec<Vec<f32>> =
+                            vectors.by_ref().take(prepared.pieces.len()).collect();
+                        self.write(record, prepared, mine, span).await
+                    }
+                },
+            });
+        }
+        results
+    }
+
+    /// Stages 1 and 2 of one upsert.
+    async fn prepare(
+        &self,
+        record: &DocumentRecord,
+        span: &Span,
+    ) -> Result<Prepared, ProcessError> {
+        let (text, attributes) = self
+            .decode(record)
+            .instrument(info_span!(parent: span, "decode"))
             .await?;
-        metrics::histogram!("sluice_worker_embedding_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("sluice_worker_embedding_chunks_per_batch").record(pieces.len() as f64);
-        metrics::counter!("sluice_worker_chunks_embedded_total").increment(pieces.len() as u64);
-        let chunks: Vec<Chunk> = pieces
+        let pieces = self
+            .chunk(text)
+            .instrument(info_span!(parent: span, "chunk"))
+            .await?;
+        Ok(Prepared { pieces, attributes })
+    }
+
+    /// Stage 4 of one upsert: its chunks and their embeddings into the store.
+    async fn write(
+        &self,
+        record: &DocumentRecord,
+        prepared: Prepared,
+        vectors: Vec<Vec<f32>>,
+        span: &Span,
+    ) -> Result<Processed, ProcessError> {
+        let chunks: Vec<Chunk> = prepared
+            .pieces
             .into_iter()
             .zip(vectors)
             .enumerate()
@@ -106,9 +223,10 @@ impl Indexer {
         // Request attributes first; the schema's declared attributes win on a clash because
         // they are part of the validated document.
         let mut attributes = record.attributes.clone();
-        attributes.extend(text.1);
+        attributes.extend(prepared.attributes);
         let started = Instant::now();
-        let upsert = info_span!("upsert", store = self.store.kind(), points = chunks.len());
+        let upsert =
+            info_span!(parent: span, "upsert", store = self.store.kind(), points = chunks.len());
         self.store
             .index_document(IndexedDocument {
                 tenant: record.tenant.to_string(),
@@ -119,7 +237,7 @@ impl Indexer {
             })
             .instrument(upsert)
             .await
-            .map_err(|e| ProcessError::Transient(Chain(&e).to_string()))?;
+            .map_err(|e| ProcessError::store(&e))?;
         metrics::histogram!("sluice_worker_upsert_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(Processed {
@@ -134,7 +252,7 @@ impl Indexer {
             .store
             .delete_document(record.tenant.as_str(), &record.document_id)
             .await
-            .map_err(|e| ProcessError::Transient(Chain(&e).to_string()))?;
+            .map_err(|e| ProcessError::store(&e))?;
         Ok(Processed {
             outcome: Outcome::Deleted,
             chunk_count: removed as u32,
@@ -142,15 +260,27 @@ impl Indexer {
         })
     }
 
+    /// Whether the dependencies every record needs answer now (the vector store's health
+    /// check): while they do not, a failed record waits instead of failing.
+    pub async fn dependencies(&self) -> Result<(), ProcessError> {
+        self.store
+            .health()
+            .await
+            .map_err(|e| ProcessError::store(&e))
+    }
+
     /// Stage 1: the Avro payload → its text and declared attributes, read with the schema its
     /// id names (whichever version that is: old records stay readable as schemas evolve).
     async fn decode(
         &self,
         record: &DocumentRecord,
-    ) -> Result<(String, std::collections::BTreeMap<String, String>), ProcessError> {
+    ) -> Result<(String, BTreeMap<String, String>), ProcessError> {
         let schema = match record.schema_id {
             Some(id) => self.schemas.by_id(id).await.map_err(|e| match e {
-                CatalogError::Unavailable(reason) => ProcessError::Transient(reason),
+                CatalogError::Unavailable(reason) => ProcessError::Unavailable {
+                    dependency: "schema registry",
+                    reason,
+                },
                 other => ProcessError::Rejected(other.to_string()),
             })?,
             // Written before schemas were registered: plain Avro of the default schema.
@@ -193,9 +323,8 @@ impl Indexer {
     }
 
     /// Stage 3: chunks → embeddings (CPU-bound, so off the async threads).
-    async fn embed(&self, chunks: &[String]) -> Result<Vec<Vec<f32>>, ProcessError> {
+    async fn embed(&self, chunks: Vec<String>) -> Result<Vec<Vec<f32>>, ProcessError> {
         let embedder = self.embedder.clone();
-        let chunks = chunks.to_vec();
         tokio::task::spawn_blocking(move || {
             let texts: Vec<&str> = chunks.iter().map(String::as_str).collect();
             embedder.embed(&texts)

@@ -21,7 +21,7 @@ pub mod health;
 pub mod indexer;
 pub mod shared;
 
-pub use consumer::{Worker, WorkerHandle};
+pub use consumer::{Pause, Worker, WorkerHandle};
 pub use indexer::Indexer;
 pub use shared::Shared;
 

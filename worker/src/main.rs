@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
             "the embedded vector store lives in the gateway's process: run `sluice-gateway --standalone`, or configure a Qdrant server (vector_store.kind = \"qdrant\")"
         );
     }
-    let shared = sluice_worker::Shared::open(&config).await?;
+    let shared = sluice_worker::shared::WorkerShared::open(&config).await?;
     sluice_core::kafka::ensure_topics(&config.kafka).await?;
     let indexer = sluice_worker::indexer_for(
         &config,
@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         model: ModelCheck::new(shared.embedder.clone()),
         schemas: shared.schemas.clone(),
         assignment: worker.assignment(),
+        pause: worker.pause(),
         lag,
     };
     let listener = tokio::net::TcpListener::bind(config.worker.health_listen)

@@ -195,12 +195,30 @@ pub fn open(config: &SchemasConfig, db: &DatabaseConnection) -> anyhow::Result<S
             (builtin.clone(), Some(builtin))
         }
     };
-    tracing::info!(registry = %registry.describe(), "schema registry");
-    let registry: Arc<dyn SchemaRegistry> = Arc::new(Timed(registry));
     Ok(Schemas {
-        catalog: Arc::new(SchemaCatalog::new(registry, config)?),
+        catalog: catalog(registry, config)?,
         builtin,
     })
+}
+
+/// The Confluent-compatible registry at `schemas.url` (an external one, or the gateway's REST
+/// API over the built-in one), for a process without the database: `sluice-worker`.
+pub fn open_by_url(config: &SchemasConfig) -> anyhow::Result<Arc<SchemaCatalog>> {
+    anyhow::ensure!(
+        config.url.is_some(),
+        "schemas.url is needed without a database: the gateway's address (its REST registry \
+         API, with a worker certificate from `sluice-admin cert worker`) or an external registry"
+    );
+    catalog(Arc::new(confluent::ConfluentRegistry::new(config)?), config)
+}
+
+fn catalog(
+    registry: Arc<dyn SchemaRegistry>,
+    config: &SchemasConfig,
+) -> anyhow::Result<Arc<SchemaCatalog>> {
+    tracing::info!(registry = %registry.describe(), "schema registry");
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(Timed(registry));
+    Ok(Arc::new(SchemaCatalog::new(registry, config)?))
 }
 
 /// A registry whose every call is timed: `sluice_schema_registry_duration_seconds{operation,

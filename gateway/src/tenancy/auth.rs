@@ -18,6 +18,8 @@ use crate::tenancy::pki::CertificateIdentity;
 
 /// The request header naming the tenant in development mode.
 pub const TENANT_HEADER: &str = "x-sluice-tenant";
+/// The request header naming a worker in development mode.
+pub const WORKER_HEADER: &str = "x-sluice-worker";
 
 /// Who is calling: the tenant, and the quotas in force for it right now.
 #[derive(Debug, Clone)]
@@ -131,6 +133,49 @@ impl Authenticator {
             tenant,
             quotas: registered.quotas,
         })
+    }
+
+    /// The worker calling, when the request's verified client certificate names one
+    /// (`spiffe://<trust-domain>/worker/<name>`, not revoked); in development mode, the
+    /// `x-sluice-worker` header. Workers act for no tenant: the registry API lets them read
+    /// schemas by id (to decode any tenant's records) and nothing else.
+    pub fn worker<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        match &self.mode {
+            Mode::DevHeader => Ok(request
+                .metadata()
+                .get(WORKER_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)),
+            Mode::ClientCertificate { trust_domain } => {
+                let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) else {
+                    return Ok(None);
+                };
+                let Ok(identity) = CertificateIdentity::from_der(leaf.as_ref()) else {
+                    return Ok(None);
+                };
+                let Some(name) = identity.spiffe_worker(trust_domain) else {
+                    return Ok(None);
+                };
+                let snapshot = self.directory.current().map_err(|stale| {
+                    refuse(crate::services::status::with_retry(
+                        tonic::Code::Unavailable,
+                        stale.to_string(),
+                        std::time::Duration::from_secs(1),
+                    ))
+                })?;
+                if identity
+                    .revocations()
+                    .iter()
+                    .any(|r| snapshot.is_revoked(r))
+                {
+                    return Err(refuse(Status::unauthenticated(format!(
+                        "the worker certificate (serial {}) has been revoked",
+                        identity.serial
+                    ))));
+                }
+                Ok(Some(name))
+            }
+        }
     }
 
     /// What a call that lasts (a watch stream, a waiting Ingest) needs to ask again later
