@@ -364,6 +364,7 @@ async fn extra_workers_say_they_are_idle_and_take_over_when_one_leaves() {
             model: ModelCheck::new(shared.embedder.clone()),
             schemas: shared.schemas.clone(),
             assignment: worker.assignment(),
+            pause: worker.pause(),
             lag,
         }
         .router();

@@ -53,4 +53,15 @@ impl TestPki {
             ))
             .expect("client certificate")
     }
+
+    /// A worker's client certificate (URI SAN spiffe://sluice.local/worker/<name>).
+    pub fn worker(&self, name: &str) -> Issued {
+        self.ca
+            .issue(&CertSpec::client_for_worker(
+                &self.trust_domain,
+                name,
+                Duration::from_secs(3600),
+            ))
+            .expect("worker certificate")
+    }
 }

@@ -12,12 +12,15 @@
 //! - [`helpers`]: building documents and requests, reading statuses, waiting for events.
 //! - [`process`]: [`GatewayProcess`], Sluice standalone as its own process (kill -9, its own
 //!   environment).
+//! - [`cluster`]: [`Cluster`], the distributed shape as processes: gateway-only instances and
+//!   `sluice-worker`s without a database, on a Qdrant server (`SLUICE_TEST_QDRANT_URL`).
 //!
 //! Everything it needs is installed by `deploy/dev/install` (the test command runs it first);
 //! a missing piece fails the test with the command that installs it.
 
 pub mod broker;
 pub mod certificates;
+pub mod cluster;
 pub mod helpers;
 pub mod process;
 pub mod stack;
@@ -25,6 +28,7 @@ pub mod tools;
 
 pub use broker::*;
 pub use certificates::*;
+pub use cluster::*;
 pub use helpers::*;
 pub use process::*;
 pub use stack::*;

@@ -199,6 +199,29 @@ impl Stack {
         open_tenants(&self.config).await
     }
 
+    /// Registers `tenant` with rates far above what a test sends (the default 100 documents
+    /// per second would refuse a test's batches), and waits until the gateway has read it.
+    pub async fn generous_tenant(&self, tenant: &str) {
+        self.tenants()
+            .await
+            .create_tenant(
+                "tests",
+                &tenant_id(tenant),
+                tenant,
+                Quotas {
+                    documents_per_second: 100_000,
+                    bytes_per_second: 1 << 30,
+                    ..Quotas::default()
+                },
+            )
+            .await
+            .expect("create the tenant");
+        tokio::time::sleep(std::time::Duration::from_millis(
+            2 * self.config.tenants.refresh_interval_ms + 500,
+        ))
+        .await;
+    }
+
     pub fn standalone(&self) -> &Standalone {
         self.standalone.as_ref().expect("running")
     }
