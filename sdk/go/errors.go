@@ -61,7 +61,8 @@ type Error struct {
 	// failed.
 	Accepted []Ingestion
 
-	cause error
+	cause  error
+	status *status.Status // as received, details included
 }
 
 func (e *Error) Error() string { return codeName(e.Code) + ": " + e.Message }
@@ -69,8 +70,14 @@ func (e *Error) Error() string { return codeName(e.Code) + ": " + e.Message }
 // Unwrap returns the gRPC status error (or the context's error) behind e.
 func (e *Error) Unwrap() error { return e.cause }
 
-// GRPCStatus is e as a gRPC status (code and message).
-func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
+// GRPCStatus is e as a gRPC status: as the gateway sent it (details included), else its code
+// and message.
+func (e *Error) GRPCStatus() *status.Status {
+	if e.status != nil && e.status.Code() == e.Code {
+		return e.status
+	}
+	return status.New(e.Code, e.Message)
+}
 
 // codeName is a code as the gateway's messages and the Python client spell it: NOT_FOUND.
 func codeName(code codes.Code) string {
@@ -93,7 +100,7 @@ var acceptedIngestion = regexp.MustCompile(`\bingestion (\S+) is accepted\b`)
 // ErrorFromStatus is the Error for a gRPC status, with the google.rpc details it carries.
 // Tolerant: details it cannot read are ignored (the code and message still tell the story).
 func ErrorFromStatus(st *status.Status) *Error {
-	e := &Error{Code: st.Code(), Message: st.Message(), cause: st.Err()}
+	e := &Error{Code: st.Code(), Message: st.Message(), cause: st.Err(), status: st}
 	for _, packed := range st.Proto().GetDetails() {
 		var bad errdetails.BadRequest
 		var quota errdetails.QuotaFailure

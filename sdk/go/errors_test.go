@@ -36,6 +36,10 @@ func TestQuotaFailureWithRetryInfo(t *testing.T) {
 	if !reflect.DeepEqual(e.QuotaViolations, []QuotaViolation{{"documents_per_second", "over"}}) || !e.RetryInfo || e.RetryDelay != 250*time.Millisecond {
 		t.Errorf("%#v", e)
 	}
+	// The status as received, details included.
+	if details := status.Convert(e).Details(); len(details) != 2 {
+		t.Errorf("%d details", len(details))
+	}
 }
 
 func TestPreconditionFailure(t *testing.T) {

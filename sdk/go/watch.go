@@ -165,7 +165,8 @@ func (w *Watch) Err() error { return w.err }
 // Cursor is the cursor of the last event received: a later watch resumes after it.
 func (w *Watch) Cursor() string { return w.state.cursor }
 
-// Close ends the watch (its stream is cancelled); Next returns false from then on.
+// Close ends the watch (its stream is cancelled); Next returns false from then on. Call it
+// from the goroutine that calls Next; to end a Next that is waiting, cancel its context.
 func (w *Watch) Close() {
 	if !w.done {
 		w.finish(nil)
