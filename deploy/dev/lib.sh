@@ -136,6 +136,27 @@ install_prometheus() {
   "$SLUICE_PROMETHEUS" --version >/dev/null 2>&1 || die "prometheus does not run"
 }
 
+# The Go SDK's tools and modules (sdk/go/check), from Debian's packages: Go, protoc and its Go
+# plugins, and the Go sources of gRPC and protobuf, which sdk/go/check serves to go offline.
+GO_SDK_PACKAGES="golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev"
+install_go_sdk_tools() {
+  local missing=() package
+  for package in $GO_SDK_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  command -v apt-get >/dev/null || die "apt-get is required to install the Go SDK's tools (${missing[*]})"
+  [ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root (apt-get install)"
+  say "installing the Go SDK's tools from Debian: ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || die "apt-get install ${missing[*]} failed"
+  fi
+  command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || die "the Go SDK's tools installed but are not on PATH"
+}
+
 install_all() {
   command -v cargo >/dev/null || die "cargo is required"
   command -v python3 >/dev/null || die "python3 (with pip) is required"
@@ -144,5 +165,6 @@ install_all() {
   install_buf
   install_prometheus
   install_python_clients
+  install_go_sdk_tools
   install_broker
 }
