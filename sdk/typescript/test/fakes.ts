@@ -7,8 +7,16 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { randomUUID } from "node:crypto";
-import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
+import {
+  createSecureServer,
+  createServer,
+  type Http2SecureServer,
+  type Http2Server,
+  type SecureServerOptions,
+  type ServerHttp2Session,
+} from "node:http2";
 import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
 import {
   BadRequestSchema,
   QuotaFailureSchema,
@@ -153,19 +161,24 @@ export class FakeGateway {
 
 export class Running {
   readonly fake = new FakeGateway();
-  readonly server: Http2Server;
+  readonly server: Http2Server | Http2SecureServer;
+  /** The subjectAltName of each client certificate presented (TLS only). */
+  readonly peers: string[] = [];
   readonly #sessions = new Set<ServerHttp2Session>();
 
-  private constructor() {
-    this.server = createServer(connectNodeAdapter({ routes: this.fake.routes, grpc: true, connect: false, grpcWeb: false }));
+  private constructor(tls?: SecureServerOptions) {
+    const adapter = connectNodeAdapter({ routes: this.fake.routes, grpc: true, connect: false, grpcWeb: false });
+    this.server = tls ? createSecureServer(tls, adapter) : createServer(adapter);
     this.server.on("session", (session: ServerHttp2Session) => {
       this.#sessions.add(session);
       session.on("close", () => this.#sessions.delete(session));
+      if (tls) this.peers.push((session.socket as TLSSocket).getPeerCertificate().subjectaltname ?? "");
     });
   }
 
-  static async start(): Promise<Running> {
-    const running = new Running();
+  /** Plaintext HTTP/2, or HTTP/2 over TLS with `tls`' certificates. */
+  static async start(tls?: SecureServerOptions): Promise<Running> {
+    const running = new Running(tls);
     await new Promise<void>((resolve) => running.server.listen(0, "127.0.0.1", resolve));
     return running;
   }
