@@ -179,6 +179,14 @@ export function errorFromStatus(code: Code, message: string, trailers?: Headers,
 /** The error for anything a call threw: a ConnectError's status and trailers, else UNKNOWN. */
 export function errorFromRpc(error: unknown): SluiceError {
   if (error instanceof SluiceError) return error;
-  if (error instanceof ConnectError) return errorFromStatus(error.code, error.rawMessage, error.metadata, error);
+  if (error instanceof ConnectError) {
+    // connect-node reports a call whose connection broke (the gateway was restarted or killed)
+    // as CANCELLED, with no status from the gateway. gRPC calls that UNAVAILABLE, and so does
+    // this client, which never cancels a call it is still waiting for.
+    if (error.code === Code.Canceled && !error.metadata.has("grpc-status")) {
+      return new Unavailable(Code.Unavailable, `the connection to the gateway broke (${error.rawMessage})`, { cause: error });
+    }
+    return errorFromStatus(error.code, error.rawMessage, error.metadata, error);
+  }
   return new SluiceError(Code.Unknown, error instanceof Error ? error.message : String(error), { cause: error });
 }

@@ -116,6 +116,27 @@ test("watch resumes after each broken stream, with no event missed or repeated",
   assert.match(logged[0]!, /^watch stream broke \(UNAVAILABLE: gateway is shutting down.*\); resuming after cursor '7' in 0\.0\d s$/);
 });
 
+test("a watch whose connection drops resumes after its last cursor", async () => {
+  for (let i = 0; i < 3; i++) running.fake.addEvents(ingestion(i, ACCEPTED));
+  running.fake.holdStreams = true;
+  const logged: string[] = [];
+  const cursors: string[] = [];
+  await using({ log: (m) => logged.push(m) }, async (sluice) => {
+    for await (const event of sluice.watch({ afterCursor: "0" })) {
+      cursors.push(event.cursor);
+      if (cursors.length === 3) {
+        // As a gateway that is killed: the connection is gone, no status sent.
+        running.fake.addEvents(ingestion(3, ACCEPTED), ingestion(4, ACCEPTED));
+        running.dropConnections();
+      }
+      if (cursors.length === 5) break;
+    }
+  });
+  assert.deepEqual(cursors, ["1", "2", "3", "4", "5"]);
+  assert.deepEqual(running.fake.watchRequests.map((r) => r.afterCursor), ["0", "3"]);
+  assert.match(logged[0]!, /^watch stream broke \(UNAVAILABLE: the connection to the gateway broke .*\); resuming after cursor '3'/);
+});
+
 test("watching ids restarts a broken snapshot and hands out each state once", async () => {
   for (let i = 0; i < 5; i++) running.fake.addEvents(ingestion(i, ACCEPTED));
   for (let i = 0; i < 3; i++) running.fake.addEvents(ingestion(i, INDEXED));

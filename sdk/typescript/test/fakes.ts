@@ -76,6 +76,17 @@ export class FakeGateway {
   watchRequests: pb.WatchIngestionsRequest[] = [];
   watchRefusal: Refusal | undefined;
   tenants: (string | null)[] = [];
+  /** Watch streams stay open after their events, as the gateway's do, until the client goes. */
+  holdStreams = false;
+  /** The next write call gets no answer: it waits until the client goes. */
+  holdNextWrite = false;
+  held = 0;
+
+  async #hold(signal: AbortSignal): Promise<never> {
+    this.held += 1;
+    await new Promise((resolve) => signal.addEventListener("abort", resolve));
+    throw new ConnectError("the client went away", Code.Canceled);
+  }
 
   write(key: string, documents: pb.Document[]): pb.Ingestion[] {
     this.writeKeys.push(key);
@@ -96,7 +107,7 @@ export class FakeGateway {
     this.log.push(...ingestions);
   }
 
-  async *watch(request: pb.WatchIngestionsRequest): AsyncGenerator<pb.IngestionEvent> {
+  async *watch(request: pb.WatchIngestionsRequest, signal: AbortSignal): AsyncGenerator<pb.IngestionEvent> {
     this.watchRequests.push(request);
     const log = [...this.log];
     const breaking = this.breaks > 0;
@@ -118,6 +129,7 @@ export class FakeGateway {
       }
       yield create(pb.IngestionEventSchema, { ingestion, cursor: String(seq) });
     }
+    if (this.holdStreams) await this.#hold(signal);
     // With ids the stream ends (all of the test's ingestions have ended by the end of the log);
     // without, it would wait for more: end it as a shutdown would.
     if (ids.length === 0) throw new ConnectError("no more events in this fake", Code.Unavailable);
@@ -125,8 +137,13 @@ export class FakeGateway {
 
   routes = (router: ConnectRouter): void => {
     router.service(pb.IngestService, {
-      ingest: (request, context) => {
+      ingest: async (request, context) => {
         this.tenants.push(context.requestHeader.get("x-sluice-tenant"));
+        if (this.holdNextWrite) {
+          this.holdNextWrite = false;
+          this.writeKeys.push(request.idempotencyKey);
+          await this.#hold(context.signal);
+        }
         return { ingestion: this.write(request.idempotencyKey, [request.document!])[0] };
       },
       ingestBatch: (request) => {
@@ -141,7 +158,7 @@ export class FakeGateway {
         if (!found) throw new ConnectError(`no ingestion ${request.ingestionId}`, Code.NotFound);
         return found;
       },
-      watchIngestions: (request) => this.watch(request),
+      watchIngestions: (request, context) => this.watch(request, context.signal),
     });
     router.service(SearchService, {
       search: (request) => ({
@@ -185,6 +202,11 @@ export class Running {
 
   get target(): string {
     return `127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  /** Drops every connection, as a gateway that is killed does. */
+  dropConnections(): void {
+    for (const session of this.#sessions) session.destroy();
   }
 
   async stop(): Promise<void> {

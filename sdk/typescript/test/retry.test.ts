@@ -99,6 +99,22 @@ test("ingest retries with one key and writes once, waiting out each RetryInfo", 
   assert.match(logged[0]!, /^ABORTED: transaction aborted.*\(attempt 1\); retrying in 0\.1\d s$/);
 });
 
+test("a write whose connection drops is retried with its key", async () => {
+  running.fake.holdNextWrite = true;
+  const sluice = client({ retry: new RetryPolicy({ initialBackoffMs: 10 }) });
+  try {
+    const call = sluice.ingest("doc-1", { text: "hello" });
+    while (running.fake.held === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    running.dropConnections(); // as a gateway that is killed mid-call
+    assert.equal((await call).documentId, "doc-1");
+  } finally {
+    sluice.close();
+  }
+  assert.equal(running.fake.writeKeys.length, 2);
+  assert.equal(new Set(running.fake.writeKeys).size, 1);
+  assert.equal(running.fake.writes, 1);
+});
+
 test("a repeated call with the same key is not a second write", async () => {
   const sluice = client();
   try {
