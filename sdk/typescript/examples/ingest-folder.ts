@@ -27,7 +27,9 @@ async function main(): Promise<number> {
   });
   const folder = positionals[0];
   if (positionals.length !== 1 || folder === undefined) {
-    console.error("usage: ingest-folder FOLDER [--query TEXT] [--top-k N] [--target HOST:PORT] [--certs DIR] [--tenant NAME]");
+    console.error(
+      "usage: ingest-folder FOLDER [--query TEXT] [--top-k N] [--target HOST:PORT] [--certs DIR] [--tenant NAME]",
+    );
     return 2;
   }
   const files = readdirSync(folder, { recursive: true, encoding: "utf8" })
@@ -49,9 +51,14 @@ async function main(): Promise<number> {
     const accepted = await sluice.ingestMany(documents);
     console.log(`accepted ${accepted.length} documents; watching until they are indexed`);
     let failed = 0;
-    const watch = sluice.watch({ ingestionIds: accepted.map((a) => a.ingestionId), timeoutMs: Number(values.timeout) * 1000 });
+    const watch = sluice.watch({
+      ingestionIds: accepted.map((a) => a.ingestionId),
+      timeoutMs: Number(values.timeout) * 1000,
+    });
     for await (const { ingestion } of watch) {
-      const detail = { INDEXED: `${ingestion.chunkCount} chunk(s)`, FAILED: ingestion.failureReason }[ingestion.state as string] ?? "";
+      const detail =
+        { INDEXED: `${ingestion.chunkCount} chunk(s)`, FAILED: ingestion.failureReason }[ingestion.state as string] ??
+        "";
       console.log(`  ${ingestion.documentId.padEnd(30)} ${ingestion.state.padEnd(8)} ${detail}`);
       if (ingestion.state === "FAILED") failed += 1;
     }

@@ -62,7 +62,8 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 function entriesOf(value: unknown, path: string): [string, unknown][] | undefined {
   if (value instanceof Map) {
     return [...value].map(([key, item]) => {
-      if (typeof key !== "string") throw new TypeError(`${path || "document"}: keys must be strings, found ${String(key)}`);
+      if (typeof key !== "string")
+        throw new TypeError(`${path || "document"}: keys must be strings, found ${String(key)}`);
       return [key, item];
     });
   }
@@ -82,7 +83,8 @@ function plain(value: unknown, path: string, logical?: string): Json {
       return value;
   }
   if (value === null) return null;
-  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1");
+  if (value instanceof Uint8Array)
+    return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1");
   if (value instanceof Date) {
     const ms = value.getTime();
     if (Number.isNaN(ms)) throw new RangeError(`${where}: an invalid Date has no encoding`);
@@ -140,7 +142,10 @@ class Encoder {
         schema = found;
       } else if (isRecord(schema)) {
         const kind = schema.type;
-        const wrapper = Array.isArray(kind) || isRecord(kind) || !(PRIMITIVES.has(kind as string) || NAMED.has(kind as string) || kind === "array" || kind === "map");
+        const wrapper =
+          Array.isArray(kind) ||
+          isRecord(kind) ||
+          !(PRIMITIVES.has(kind as string) || NAMED.has(kind as string) || kind === "array" || kind === "map");
         if (!wrapper) break;
         schema = kind;
       } else {
@@ -154,7 +159,7 @@ class Encoder {
 
   /** The name Avro's JSON encoding tags a resolved union branch with. */
   typeName(schema: AvroSchema): string {
-    return typeof schema === "string" ? schema : this.fullnames.get(schema) ?? String(field(schema, "type"));
+    return typeof schema === "string" ? schema : (this.fullnames.get(schema) ?? String(field(schema, "type")));
   }
 
   fits(schema: AvroSchema, value: unknown, namespace: string): boolean {
@@ -207,12 +212,16 @@ class Encoder {
     if (!isRecord(schema) || !this.fits(schema, value, namespace)) return plain(value, path);
     const kind = schema.type;
     if (kind === "record" || kind === "error") {
-      const fields = new Map<unknown, unknown>((schema.fields as unknown[]).map((f) => [field(f, "name"), field(f, "type")]));
+      const fields = new Map<unknown, unknown>(
+        (schema.fields as unknown[]).map((f) => [field(f, "name"), field(f, "type")]),
+      );
       const entries = entriesOf(value, path) ?? [];
       return new Map(
         entries.map(([key, item]) => [
           key,
-          fields.has(key) ? this.encode(fields.get(key), item, join(path, key), namespace) : plain(item, join(path, key)),
+          fields.has(key)
+            ? this.encode(fields.get(key), item, join(path, key), namespace)
+            : plain(item, join(path, key)),
         ]),
       );
     }

@@ -78,10 +78,17 @@ export class Client {
     const { credentials } = options;
     this.#settings = settings(options);
     if (!credentials && !this.#settings.devTenant) {
-      throw new TypeError("give TLS credentials (the gateway's port is mTLS), or devTenant for a plaintext dev gateway");
+      throw new TypeError(
+        "give TLS credentials (the gateway's port is mTLS), or devTenant for a plaintext dev gateway",
+      );
     }
     const baseUrl = /^https?:\/\//.test(target) ? target : `${credentials ? "https" : "http"}://${target}`;
-    const tls = credentials && { cert: credentials.cert, key: credentials.key, ca: credentials.ca, servername: this.#settings.serverName };
+    const tls = credentials && {
+      cert: credentials.cert,
+      key: credentials.key,
+      ca: credentials.ca,
+      servername: this.#settings.serverName,
+    };
     // A watch stream on a connection that died silently notices within 40 s.
     this.#session = new Http2SessionManager(baseUrl, { pingIntervalMs: 30_000, pingTimeoutMs: 10_000 }, tls);
     const transport = createGrpcTransport({ baseUrl, sessionManager: this.#session });
@@ -93,12 +100,20 @@ export class Client {
   }
 
   /** Connects with a client certificate and key, and the gateway's CA, from PEM files. */
-  static fromFiles(target: string, files: { cert: string; key: string; ca?: string }, options: ClientOptions = {}): Client {
+  static fromFiles(
+    target: string,
+    files: { cert: string; key: string; ca?: string },
+    options: ClientOptions = {},
+  ): Client {
     return new Client(target, { ...options, credentials: TlsCredentials.fromFiles(files.cert, files.key, files.ca) });
   }
 
   /** Connects with the certificate `sluice-admin cert client TENANT --out DIRECTORY` wrote. */
-  static fromDirectory(target: string, directory: string, options: ClientOptions & { tenant?: string; ca?: string } = {}): Client {
+  static fromDirectory(
+    target: string,
+    directory: string,
+    options: ClientOptions & { tenant?: string; ca?: string } = {},
+  ): Client {
     const credentials = TlsCredentials.fromDirectory(directory, options.tenant, options.ca);
     return new Client(target, { ...options, credentials });
   }
@@ -119,7 +134,11 @@ export class Client {
     return { headers: this.#headers, timeoutMs: left === undefined ? undefined : Math.max(1, Math.ceil(left)), signal };
   }
 
-  async #call<I, O>(method: (request: I, options: CallOptions) => Promise<O>, request: I, timeoutMs: number | null): Promise<O> {
+  async #call<I, O>(
+    method: (request: I, options: CallOptions) => Promise<O>,
+    request: I,
+    timeoutMs: number | null,
+  ): Promise<O> {
     const deadline = deadlineAfter(timeoutMs);
     for (let attempt = 1; ; attempt++) {
       let error: SluiceError;
@@ -145,7 +164,11 @@ export class Client {
    * timeout). The same id replaces the document. `idempotencyKey` defaults to a fresh one,
    * kept across retries; pass your own to make your own retries safe too.
    */
-  async ingest(documentId: string, fields: Readonly<Record<string, unknown>>, options: IngestOptions = {}): Promise<Ingestion> {
+  async ingest(
+    documentId: string,
+    fields: Readonly<Record<string, unknown>>,
+    options: IngestOptions = {},
+  ): Promise<Ingestion> {
     const document = documentMessage({ ...options, documentId, fields });
     const request = create(ingestPb.IngestRequestSchema, {
       document,
@@ -169,7 +192,11 @@ export class Client {
     options: CallTimeout & { batchSize?: number; wait?: boolean } = {},
   ): Promise<Ingestion[]> {
     const accepted: Ingestion[] = [];
-    for (const batch of batches(documents, options.batchSize ?? this.#settings.batchSize, this.#settings.maxBatchBytes)) {
+    for (const batch of batches(
+      documents,
+      options.batchSize ?? this.#settings.batchSize,
+      this.#settings.maxBatchBytes,
+    )) {
       const request = create(ingestPb.IngestBatchRequestSchema, { documents: batch, idempotencyKey: newKey() });
       try {
         const response = await this.#call(this.#ingest.ingestBatch, request, this.#timeout(options.timeoutMs));
@@ -180,14 +207,25 @@ export class Client {
       }
     }
     if (!options.wait) return accepted;
-    const ended = await this.waitFor(accepted.map((i) => i.ingestionId), options);
+    const ended = await this.waitFor(
+      accepted.map((i) => i.ingestionId),
+      options,
+    );
     return accepted.map((i) => ended.get(i.ingestionId)!);
   }
 
   /** Removes a document and its chunks (ordered after every earlier ingest of it). */
   async delete(documentId: string, options: CallTimeout & { wait?: boolean } = {}): Promise<Ingestion> {
-    const request = create(ingestPb.DeleteDocumentRequestSchema, { documentId, idempotencyKey: newKey(), wait: options.wait ?? false });
-    const response = await this.#call(this.#ingest.deleteDocument, request, this.#timeout(options.timeoutMs, options.wait));
+    const request = create(ingestPb.DeleteDocumentRequestSchema, {
+      documentId,
+      idempotencyKey: newKey(),
+      wait: options.wait ?? false,
+    });
+    const response = await this.#call(
+      this.#ingest.deleteDocument,
+      request,
+      this.#timeout(options.timeoutMs, options.wait),
+    );
     return ingestionFrom(response.ingestion);
   }
 
@@ -218,7 +256,10 @@ export class Client {
       const stop = new AbortController();
       let error: SluiceError;
       try {
-        for await (const message of this.#ingest.watchIngestions(state.request(), this.#options(deadline, stop.signal))) {
+        for await (const message of this.#ingest.watchIngestions(
+          state.request(),
+          this.#options(deadline, stop.signal),
+        )) {
           failures = 0;
           const event = state.accept(message);
           if (event) yield event;
@@ -233,7 +274,9 @@ export class Client {
       failures += 1;
       const delay = policy.nextDelayMs(error, failures, deadline);
       if (delay === undefined) throw watchError(policy, error, failures);
-      this.#settings.log(`watch stream broke (${error.message}); resuming after cursor '${state.cursor}' in ${(delay / 1000).toFixed(2)} s`);
+      this.#settings.log(
+        `watch stream broke (${error.message}); resuming after cursor '${state.cursor}' in ${(delay / 1000).toFixed(2)} s`,
+      );
       await sleep(delay);
     }
   }
@@ -254,7 +297,10 @@ export class Client {
       } catch (error) {
         if (!(error instanceof DeadlineExceeded)) throw error;
         state.finished.forEach((ingestion, id) => finished.set(id, ingestion));
-        throw new WaitTimeout(finished, ids.filter((id) => !finished.has(id)));
+        throw new WaitTimeout(
+          finished,
+          ids.filter((id) => !finished.has(id)),
+        );
       }
       state.finished.forEach((ingestion, id) => finished.set(id, ingestion));
     }
@@ -264,8 +310,15 @@ export class Client {
   // Searching.
 
   /** The `topK` chunks closest in meaning to `query`, best first; `filters`: attribute values every hit must have. */
-  async search(query: string, options: CallTimeout & { topK?: number; filters?: Readonly<Record<string, string>> } = {}): Promise<Hit[]> {
-    const request = create(SearchService.method.search.input, { query, topK: options.topK ?? 10, attributeFilter: { ...options.filters } });
+  async search(
+    query: string,
+    options: CallTimeout & { topK?: number; filters?: Readonly<Record<string, string>> } = {},
+  ): Promise<Hit[]> {
+    const request = create(SearchService.method.search.input, {
+      query,
+      topK: options.topK ?? 10,
+      attributeFilter: { ...options.filters },
+    });
     const response = await this.#call(this.#search.search, request, this.#timeout(options.timeoutMs));
     return response.hits.map(hitFrom);
   }
@@ -276,7 +329,9 @@ export class Client {
   async registerSchema(name: string, definition: string | object, options: CallTimeout = {}): Promise<Schema> {
     const text = typeof definition === "string" ? definition : JSON.stringify(definition);
     const request = create(SchemaService.method.registerSchema.input, { name, definition: text });
-    return schemaFrom((await this.#call(this.#schemas.registerSchema, request, this.#timeout(options.timeoutMs))).schema);
+    return schemaFrom(
+      (await this.#call(this.#schemas.registerSchema, request, this.#timeout(options.timeoutMs))).schema,
+    );
   }
 
   /** One version of a schema (0: the latest). */

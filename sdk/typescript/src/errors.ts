@@ -149,7 +149,8 @@ export function parseDetails(status: Uint8Array): ErrorDetails {
       const precondition = anyUnpack(detail, PreconditionFailureSchema);
       const retry = anyUnpack(detail, RetryInfoSchema);
       if (bad) fieldViolations.push(...bad.fieldViolations.map(({ field, description }) => ({ field, description })));
-      if (quota) quotaViolations.push(...quota.violations.map(({ subject, description }) => ({ subject, description })));
+      if (quota)
+        quotaViolations.push(...quota.violations.map(({ subject, description }) => ({ subject, description })));
       if (precondition) {
         preconditionViolations.push(
           ...precondition.violations.map(({ type, subject, description }) => ({ type, subject, description })),
@@ -184,7 +185,9 @@ export function errorFromRpc(error: unknown): SluiceError {
     // as CANCELLED, with no status from the gateway. gRPC calls that UNAVAILABLE, and so does
     // this client, which never cancels a call it is still waiting for.
     if (error.code === Code.Canceled && !error.metadata.has("grpc-status")) {
-      return new Unavailable(Code.Unavailable, `the connection to the gateway broke (${error.rawMessage})`, { cause: error });
+      return new Unavailable(Code.Unavailable, `the connection to the gateway broke (${error.rawMessage})`, {
+        cause: error,
+      });
     }
     return errorFromStatus(error.code, error.rawMessage, error.metadata, error);
   }

@@ -49,7 +49,8 @@ export class TlsCredentials {
    * else the system's CAs. Without `tenant`, the directory must hold exactly one such pair.
    */
   static fromDirectory(directory: string, tenant?: string, ca?: string): TlsCredentials {
-    if (!existsSync(directory) || !statSync(directory).isDirectory()) throw new Error(`${directory} is not a directory`);
+    if (!existsSync(directory) || !statSync(directory).isDirectory())
+      throw new Error(`${directory} is not a directory`);
     const name = tenant ?? onlyTenant(directory);
     const hint = ` (sluice-admin cert client ${name} --out ${directory} writes it)`;
     const caPath = ca ?? join(directory, "ca.pem");

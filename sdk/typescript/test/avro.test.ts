@@ -50,7 +50,10 @@ test("plain values map to JSON", () => {
   // bigint is written exactly, past what a double holds.
   assert.equal(toAvroJson({ n: 2n ** 63n - 1n }), '{"n":9223372036854775807}');
   // A Buffer is bytes too; a key like __proto__ is just a key.
-  assert.equal(toAvroJson({ b: Buffer.from([1, 2]), m: new Map([["__proto__", "x"]]) }), '{"b":"\\u0001\\u0002","m":{"__proto__":"x"}}');
+  assert.equal(
+    toAvroJson({ b: Buffer.from([1, 2]), m: new Map([["__proto__", "x"]]) }),
+    '{"b":"\\u0001\\u0002","m":{"__proto__":"x"}}',
+  );
 });
 
 test("non-ASCII text stays text", () => {
@@ -77,8 +80,17 @@ test("a document must be an object of fields", () => {
 test("with the default schema, unions are tagged", () => {
   const moment = new Date(Date.UTC(2024, 0, 1));
   assert.deepEqual(
-    avro({ title: "Tides", text: "The moon pulls the sea.", language: null, tags: ["sea"], created_at: moment }, DEFAULT_SCHEMA),
-    { title: { string: "Tides" }, text: "The moon pulls the sea.", language: null, tags: ["sea"], created_at: { long: 1704067200000 } },
+    avro(
+      { title: "Tides", text: "The moon pulls the sea.", language: null, tags: ["sea"], created_at: moment },
+      DEFAULT_SCHEMA,
+    ),
+    {
+      title: { string: "Tides" },
+      text: "The moon pulls the sea.",
+      language: null,
+      tags: ["sea"],
+      created_at: { long: 1704067200000 },
+    },
   );
 });
 
@@ -98,8 +110,18 @@ const SCHEMA = {
     { name: "kind", type: ["null", { type: "enum", name: "Kind", symbols: ["NEWS", "NOTE"] }] },
     {
       name: "author",
-      type: ["null", { type: "record", name: "Person", namespace: "org.people",
-                       fields: [{ name: "name", type: "string" }, { name: "nick", type: ["null", "string"] }] }],
+      type: [
+        "null",
+        {
+          type: "record",
+          name: "Person",
+          namespace: "org.people",
+          fields: [
+            { name: "name", type: "string" },
+            { name: "nick", type: ["null", "string"] },
+          ],
+        },
+      ],
     },
     { name: "editor", type: ["null", "org.people.Person"] },
     { name: "related", type: { type: "array", items: ["null", "Kind"] } },

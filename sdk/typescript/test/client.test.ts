@@ -43,25 +43,53 @@ const states = (events: IngestionEvent[]) => events.map((e) => [e.ingestion.inge
 test("batches split by count and by bytes, in order", () => {
   const docs: DocumentLike[] = Array.from({ length: 25 }, (_, i) => [`d${i}`, { text: "x".repeat(100) }]);
   const byCount = [...batches(docs, 10, 1 << 20)];
-  assert.deepEqual(byCount.map((b) => b.length), [10, 10, 5]);
-  assert.deepEqual(byCount.flat().map((d) => d.documentId), docs.map((_, i) => `d${i}`));
+  assert.deepEqual(
+    byCount.map((b) => b.length),
+    [10, 10, 5],
+  );
+  assert.deepEqual(
+    byCount.flat().map((d) => d.documentId),
+    docs.map((_, i) => `d${i}`),
+  );
   const byBytes = [...batches(docs, 100, 3 * 130)];
   assert.ok(byBytes.every((b) => b.length <= 3));
   assert.equal(byBytes.flat().length, 25);
   // One document larger than the limit goes alone.
-  const big = [...batches([["big", { text: "y".repeat(1000) }], ["s", { text: "" }]], 10, 100)];
-  assert.deepEqual(big.map((b) => b.length), [1, 1]);
+  const big = [
+    ...batches(
+      [
+        ["big", { text: "y".repeat(1000) }],
+        ["s", { text: "" }],
+      ],
+      10,
+      100,
+    ),
+  ];
+  assert.deepEqual(
+    big.map((b) => b.length),
+    [1, 1],
+  );
 });
 
 test("ingestMany calls IngestBatch per batch, with a key each", async () => {
-  const docs: DocumentLike[] = Array.from({ length: 7 }, (_, i) => ({ documentId: `d${i}`, fields: { text: String(i) }, attributes: { k: "v" } }));
+  const docs: DocumentLike[] = Array.from({ length: 7 }, (_, i) => ({
+    documentId: `d${i}`,
+    fields: { text: String(i) },
+    attributes: { k: "v" },
+  }));
   docs.push(["pair", { text: "a pair" }]);
   const ingestions = await using({ batchSize: 3 }, (sluice) => sluice.ingestMany(docs));
   assert.deepEqual(running.fake.batchSizes, [3, 3, 2]);
-  assert.deepEqual(ingestions.map((i) => i.documentId), [...Array.from({ length: 7 }, (_, i) => `d${i}`), "pair"]);
+  assert.deepEqual(
+    ingestions.map((i) => i.documentId),
+    [...Array.from({ length: 7 }, (_, i) => `d${i}`), "pair"],
+  );
   assert.equal(new Set(running.fake.writeKeys).size, 3);
   const first = running.fake.documents[0]!;
-  assert.deepEqual([first.payload.case, first.payload.value, first.attributes], ["avroJson", '{"text":"0"}', { k: "v" }]);
+  assert.deepEqual(
+    [first.payload.case, first.payload.value, first.attributes],
+    ["avroJson", '{"text":"0"}', { k: "v" }],
+  );
 });
 
 test("a batch over maxBatchBytes is split", async () => {
@@ -71,11 +99,17 @@ test("a batch over maxBatchBytes is split", async () => {
 });
 
 test("a failed batch reports what was accepted before it", async () => {
-  running.fake.refusals = [null, { code: Code.InvalidArgument, message: "bad", fields: [["documents[1].document_id", "bad"]] }];
+  running.fake.refusals = [
+    null,
+    { code: Code.InvalidArgument, message: "bad", fields: [["documents[1].document_id", "bad"]] },
+  ];
   await using({ batchSize: 2 }, async (sluice) => {
     await assert.rejects(sluice.ingestMany([..."abcde"].map((name) => [name, { text: "" }] as const)), (e: unknown) => {
       assert.ok(e instanceof InvalidArgument);
-      assert.deepEqual(e.accepted.map((i) => i.documentId), ["a", "b"]);
+      assert.deepEqual(
+        e.accepted.map((i) => i.documentId),
+        ["a", "b"],
+      );
       assert.equal(e.fieldViolations[0]?.field, "documents[1].document_id");
       return true;
     });
@@ -106,14 +140,23 @@ test("watch resumes after each broken stream, with no event missed or repeated",
       if (events.length === 60) break;
     }
   });
-  assert.deepEqual(events.map((e) => e.cursor), Array.from({ length: 60 }, (_, n) => String(n + 1)));
+  assert.deepEqual(
+    events.map((e) => e.cursor),
+    Array.from({ length: 60 }, (_, n) => String(n + 1)),
+  );
   assert.deepEqual(states(events), [
     ...Array.from({ length: 30 }, (_, i) => [`ing-${i}`, "ACCEPTED"]),
     ...Array.from({ length: 30 }, (_, i) => [`ing-${i}`, "INDEXED"]),
   ]);
   // Each new stream asked for the events after the last one received.
-  assert.deepEqual(running.fake.watchRequests.slice(0, 4).map((r) => r.afterCursor), ["0", "7", "14", "21"]);
-  assert.match(logged[0]!, /^watch stream broke \(UNAVAILABLE: gateway is shutting down.*\); resuming after cursor '7' in 0\.0\d s$/);
+  assert.deepEqual(
+    running.fake.watchRequests.slice(0, 4).map((r) => r.afterCursor),
+    ["0", "7", "14", "21"],
+  );
+  assert.match(
+    logged[0]!,
+    /^watch stream broke \(UNAVAILABLE: gateway is shutting down.*\); resuming after cursor '7' in 0\.0\d s$/,
+  );
 });
 
 test("a watch whose connection drops resumes after its last cursor", async () => {
@@ -133,8 +176,14 @@ test("a watch whose connection drops resumes after its last cursor", async () =>
     }
   });
   assert.deepEqual(cursors, ["1", "2", "3", "4", "5"]);
-  assert.deepEqual(running.fake.watchRequests.map((r) => r.afterCursor), ["0", "3"]);
-  assert.match(logged[0]!, /^watch stream broke \(UNAVAILABLE: the connection to the gateway broke .*\); resuming after cursor '3'/);
+  assert.deepEqual(
+    running.fake.watchRequests.map((r) => r.afterCursor),
+    ["0", "3"],
+  );
+  assert.match(
+    logged[0]!,
+    /^watch stream broke \(UNAVAILABLE: the connection to the gateway broke .*\); resuming after cursor '3'/,
+  );
 });
 
 test("watching ids restarts a broken snapshot and hands out each state once", async () => {
@@ -152,8 +201,14 @@ test("watching ids restarts a broken snapshot and hands out each state once", as
   });
   // The snapshot said ing-0 and ing-1 were INDEXED; the new snapshot repeats them (dropped) and
   // shows the rest as they are now.
-  assert.deepEqual([...seen].sort(), ids.map((i) => `${i} INDEXED`));
-  assert.deepEqual(running.fake.watchRequests.map((r) => r.afterCursor), ["", ""]);
+  assert.deepEqual(
+    [...seen].sort(),
+    ids.map((i) => `${i} INDEXED`),
+  );
+  assert.deepEqual(
+    running.fake.watchRequests.map((r) => r.afterCursor),
+    ["", ""],
+  );
 });
 
 test("watch gives up after its attempts in a row", async () => {
@@ -167,7 +222,10 @@ test("watch gives up after its attempts in a row", async () => {
 });
 
 test("an expired cursor is OUT_OF_RANGE at once", async () => {
-  running.fake.watchRefusal = { code: Code.OutOfRange, message: "the events after this cursor are older than the gateway keeps" };
+  running.fake.watchRefusal = {
+    code: Code.OutOfRange,
+    message: "the events after this cursor are older than the gateway keeps",
+  };
   await using({}, async (sluice) => {
     await assert.rejects(sluice.watch({ afterCursor: "1" }).next(), OutOfRange);
   });
@@ -179,7 +237,10 @@ test("waitFor resolves to each ingestion as it ended, in the order given", async
   const ended = await using({ batchSize: 3 }, (sluice) => sluice.waitFor([3, 0, 1, 2, 0].map((i) => `ing-${i}`)));
   assert.deepEqual([...ended.keys()], ["ing-3", "ing-0", "ing-1", "ing-2"]);
   assert.ok([...ended.values()].every((i) => i.state === "INDEXED" && i.finished));
-  assert.deepEqual(running.fake.watchRequests.map((r) => r.ingestionIds.length), [3, 1]);
+  assert.deepEqual(
+    running.fake.watchRequests.map((r) => r.ingestionIds.length),
+    [3, 1],
+  );
 });
 
 test("waitFor times out with what finished", async () => {
@@ -203,10 +264,15 @@ test("ingestMany with wait resolves to the ended ingestions", async () => {
   await using({ batchSize: 2 }, async (sluice) => {
     const accepted = await sluice.ingestMany([0, 1, 2].map((i) => [`d${i}`, { text: String(i) }] as const));
     for (const a of accepted) {
-      running.fake.addEvents(create(IngestionSchema, { ingestionId: a.ingestionId, documentId: a.documentId, state: INDEXED }));
+      running.fake.addEvents(
+        create(IngestionSchema, { ingestionId: a.ingestionId, documentId: a.documentId, state: INDEXED }),
+      );
     }
     const ended = await sluice.waitFor(accepted.map((a) => a.ingestionId));
-    assert.deepEqual([...ended.values()].map((e) => e.documentId), ["d0", "d1", "d2"]);
+    assert.deepEqual(
+      [...ended.values()].map((e) => e.documentId),
+      ["d0", "d1", "d2"],
+    );
   });
   assert.deepEqual(running.fake.batchSizes, [2, 1]);
 });
@@ -214,7 +280,10 @@ test("ingestMany with wait resolves to the ended ingestions", async () => {
 test("search returns typed hits", async () => {
   const hits = await using({}, (sluice) => sluice.search("tides", { topK: 2, filters: { kind: "sample" } }));
   assert.equal(hits.length, 2);
-  assert.deepEqual({ ...hits[0]! }, { documentId: "d0", chunkIndex: 0, text: "tides", score: 1, attributes: { kind: "sample" } });
+  assert.deepEqual(
+    { ...hits[0]! },
+    { documentId: "d0", chunkIndex: 0, text: "tides", score: 1, attributes: { kind: "sample" } },
+  );
   assert.equal(hits[1]!.documentId, "d1");
   assert.ok(Math.abs(hits[1]!.score - 0.9) < 1e-6);
 });

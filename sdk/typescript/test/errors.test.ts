@@ -36,7 +36,11 @@ test("BadRequest field paths", () => {
       { field: "documents[4].document_id", description: "required" },
     ],
   });
-  const error = errorFromStatus(Code.InvalidArgument, message, trailers(Code.InvalidArgument, message, anyPack(BadRequestSchema, bad)));
+  const error = errorFromStatus(
+    Code.InvalidArgument,
+    message,
+    trailers(Code.InvalidArgument, message, anyPack(BadRequestSchema, bad)),
+  );
   assert.ok(error instanceof InvalidArgument && error instanceof SluiceError && error instanceof Error);
   assert.deepEqual(error.fieldViolations, [
     { field: "documents[3].avro_json.tags[1]", description: "expected string, found number" },
@@ -70,7 +74,9 @@ test("PreconditionFailure", () => {
     "incompatible",
     trailers(Code.FailedPrecondition, "incompatible", anyPack(PreconditionFailureSchema, failure)),
   );
-  assert.deepEqual(error.preconditionViolations, [{ type: "COMPATIBILITY", subject: "article", description: "field removed" }]);
+  assert.deepEqual(error.preconditionViolations, [
+    { type: "COMPATIBILITY", subject: "article", description: "field removed" },
+  ]);
 });
 
 test("each code has its class, and unknown codes the base", () => {
@@ -84,14 +90,19 @@ test("each code has its class, and unknown codes the base", () => {
 });
 
 test("unreadable details are ignored", () => {
-  const error = errorFromStatus(Code.Unavailable, "down", new Headers({ "grpc-status-details-bin": "////", other: "x" }));
+  const error = errorFromStatus(
+    Code.Unavailable,
+    "down",
+    new Headers({ "grpc-status-details-bin": "////", other: "x" }),
+  );
   assert.ok(error instanceof Unavailable);
   assert.equal(error.retryDelayMs, undefined);
   assert.equal(error.rawMessage, "down");
 });
 
 test("the deadline of a waiting ingest names the ingestion", () => {
-  const message = "ingestion 01a2-ff is accepted (durably in Kafka) but not finished yet; follow it with WatchIngestions or GetIngestion";
+  const message =
+    "ingestion 01a2-ff is accepted (durably in Kafka) but not finished yet; follow it with WatchIngestions or GetIngestion";
   const error = errorFromStatus(Code.DeadlineExceeded, message);
   assert.ok(error instanceof DeadlineExceeded);
   assert.equal(error.ingestionId, "01a2-ff");

@@ -43,7 +43,10 @@ export function refusalError(refusal: Refusal): ConnectError {
     details.push({ desc: BadRequestSchema, value: { fieldViolations } });
   }
   if (refusal.quota) {
-    details.push({ desc: QuotaFailureSchema, value: { violations: [{ subject: refusal.quota, description: "over" }] } });
+    details.push({
+      desc: QuotaFailureSchema,
+      value: { violations: [{ subject: refusal.quota, description: "over" }] },
+    });
   }
   if (refusal.retryDelayMs !== undefined) {
     details.push({ desc: RetryInfoSchema, value: { retryDelay: durationFromMs(refusal.retryDelayMs) } });

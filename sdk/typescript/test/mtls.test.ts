@@ -24,10 +24,33 @@ let running: Running | undefined;
 function issue(name: string, subject: string, extensions: string, ca = "ca"): void {
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   const at = (file: string) => join(dir, file);
-  execFileSync("openssl", ["req", ...ec, "-keyout", at(`${name}-key.pem`), "-out", at(`${name}.csr`), "-subj", subject], { stdio: "ignore" });
+  execFileSync(
+    "openssl",
+    ["req", ...ec, "-keyout", at(`${name}-key.pem`), "-out", at(`${name}.csr`), "-subj", subject],
+    { stdio: "ignore" },
+  );
   writeFileSync(at(`${name}.ext`), extensions);
-  execFileSync("openssl", ["x509", "-req", "-in", at(`${name}.csr`), "-CA", at(`${ca}.pem`), "-CAkey", at(`${ca}-key.pem`),
-    "-CAcreateserial", "-days", "1", "-extfile", at(`${name}.ext`), "-out", at(`${name}.pem`)], { stdio: "ignore" });
+  execFileSync(
+    "openssl",
+    [
+      "x509",
+      "-req",
+      "-in",
+      at(`${name}.csr`),
+      "-CA",
+      at(`${ca}.pem`),
+      "-CAkey",
+      at(`${ca}-key.pem`),
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      at(`${name}.ext`),
+      "-out",
+      at(`${name}.pem`),
+    ],
+    { stdio: "ignore" },
+  );
   rmSync(at(`${name}.csr`));
   rmSync(at(`${name}.ext`));
 }
@@ -37,14 +60,33 @@ before(async () => {
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   mkdirSync(join(dir, "other"));
   for (const ca of ["ca", "other/ca"]) {
-    execFileSync("openssl", ["req", "-x509", ...ec, "-keyout", join(dir, `${ca}-key.pem`), "-out", join(dir, `${ca}.pem`),
-      "-days", "1", "-subj", `/CN=${ca.replace("/", "-")}`], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        ...ec,
+        "-keyout",
+        join(dir, `${ca}-key.pem`),
+        "-out",
+        join(dir, `${ca}.pem`),
+        "-days",
+        "1",
+        "-subj",
+        `/CN=${ca.replace("/", "-")}`,
+      ],
+      { stdio: "ignore" },
+    );
   }
   issue("server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
   issue("demo", "/CN=demo", "subjectAltName=URI:spiffe://sluice.local/tenant/demo\nextendedKeyUsage=clientAuth\n");
   const read = (file: string) => readFileSync(join(dir, file));
   running = await Running.start({
-    key: read("server-key.pem"), cert: read("server.pem"), ca: read("ca.pem"), requestCert: true, rejectUnauthorized: true,
+    key: read("server-key.pem"),
+    cert: read("server.pem"),
+    ca: read("ca.pem"),
+    requestCert: true,
+    rejectUnauthorized: true,
   });
 });
 
@@ -68,7 +110,11 @@ test("the client presents its certificate and checks the gateway's", { skip }, a
 });
 
 test("a gateway whose certificate another CA signed is refused", { skip }, async () => {
-  const sluice = Client.fromDirectory(running!.target, dir, { tenant: "demo", ca: join(dir, "other/ca.pem"), retry: NO_RETRY });
+  const sluice = Client.fromDirectory(running!.target, dir, {
+    tenant: "demo",
+    ca: join(dir, "other/ca.pem"),
+    retry: NO_RETRY,
+  });
   try {
     await assert.rejects(sluice.ingest("doc-2", { text: "refused" }), (e: unknown) => {
       assert.ok(e instanceof SluiceError);

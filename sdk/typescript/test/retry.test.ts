@@ -29,7 +29,13 @@ test("which codes are retried", () => {
   assert.ok(policy.retries(err(Code.ResourceExhausted, 500), 1));
   // Without RetryInfo the gateway says waiting will not help (a too-large request or batch).
   assert.ok(!policy.retries(err(Code.ResourceExhausted), 1));
-  for (const code of [Code.InvalidArgument, Code.NotFound, Code.DeadlineExceeded, Code.PermissionDenied, Code.FailedPrecondition]) {
+  for (const code of [
+    Code.InvalidArgument,
+    Code.NotFound,
+    Code.DeadlineExceeded,
+    Code.PermissionDenied,
+    Code.FailedPrecondition,
+  ]) {
     assert.ok(!policy.retries(err(code, 1000), 1), Code[code]);
   }
 });
@@ -46,21 +52,39 @@ test("backoff grows, is capped and jittered", () => {
   const high = [1, 2, 3, 4, 5, 6].map((n) => policy.backoffMs(err(U), n, () => 1));
   const low = [1, 2, 3, 4, 5, 6].map((n) => policy.backoffMs(err(U), n, () => 0));
   assert.deepEqual(high, [100, 200, 400, 800, 1000, 1000]);
-  assert.deepEqual(low, high.map((h) => h / 2));
+  assert.deepEqual(
+    low,
+    high.map((h) => h / 2),
+  );
 });
 
 test("RetryInfo is a floor, with jitter above it", () => {
   const policy = new RetryPolicy({ maxBackoffMs: 500, jitter: 0.2 });
-  close(policy.backoffMs(err(U, 3000), 1, () => 0), 3000);
-  close(policy.backoffMs(err(U, 3000), 1, () => 1), 3600);
+  close(
+    policy.backoffMs(err(U, 3000), 1, () => 0),
+    3000,
+  );
+  close(
+    policy.backoffMs(err(U, 3000), 1, () => 1),
+    3600,
+  );
 });
 
 test("no retry past the deadline", () => {
   const policy = new RetryPolicy();
   const now = () => 100_000;
-  assert.equal(policy.nextDelayMs(err(U, 1000), 1, 100_500, now, () => 0), undefined);
-  assert.equal(policy.nextDelayMs(err(U, 1000), 1, 102_000, now, () => 0), 1000);
-  assert.equal(policy.nextDelayMs(err(U, 1000), 1, undefined, now, () => 0), 1000);
+  assert.equal(
+    policy.nextDelayMs(err(U, 1000), 1, 100_500, now, () => 0),
+    undefined,
+  );
+  assert.equal(
+    policy.nextDelayMs(err(U, 1000), 1, 102_000, now, () => 0),
+    1000,
+  );
+  assert.equal(
+    policy.nextDelayMs(err(U, 1000), 1, undefined, now, () => 0),
+    1000,
+  );
 });
 
 let running: Running;
@@ -131,7 +155,11 @@ test("a repeated call with the same key is not a second write", async () => {
 
 test("a quota without RetryInfo fails at once, naming the quota", async () => {
   running.fake.refusals = [
-    { code: Code.ResourceExhausted, message: "batch over a second of documents_per_second", quota: "documents_per_second" },
+    {
+      code: Code.ResourceExhausted,
+      message: "batch over a second of documents_per_second",
+      quota: "documents_per_second",
+    },
   ];
   const sluice = client();
   try {
@@ -148,7 +176,11 @@ test("a quota without RetryInfo fails at once, naming the quota", async () => {
 });
 
 test("gives up after maxAttempts with the last error", async () => {
-  running.fake.refusals = Array.from({ length: 10 }, () => ({ code: Code.Aborted, message: "aborted", retryDelayMs: 10 }));
+  running.fake.refusals = Array.from({ length: 10 }, () => ({
+    code: Code.Aborted,
+    message: "aborted",
+    retryDelayMs: 10,
+  }));
   const sluice = client({ retry: new RetryPolicy({ maxAttempts: 3 }) });
   try {
     await assert.rejects(sluice.ingest("doc-1", { text: "hello" }), (e: unknown) => {
@@ -190,7 +222,12 @@ async function freePort(): Promise<number> {
 test("a gateway that is not there is UNAVAILABLE after bounded tries", async () => {
   const logged: string[] = [];
   const retry = new RetryPolicy({ maxAttempts: 3, initialBackoffMs: 50 });
-  const sluice = new Client(`127.0.0.1:${await freePort()}`, { devTenant: "t", retry, timeoutMs: 5000, log: (m) => logged.push(m) });
+  const sluice = new Client(`127.0.0.1:${await freePort()}`, {
+    devTenant: "t",
+    retry,
+    timeoutMs: 5000,
+    log: (m) => logged.push(m),
+  });
   try {
     const started = performance.now();
     await assert.rejects(sluice.search("anything"), Unavailable);

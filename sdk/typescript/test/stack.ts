@@ -46,7 +46,8 @@ export function findTools(): Tools | string {
       return `${path} is missing (deploy/dev/up or cargo build installs it)`;
     }
   }
-  if (!existsSync(join(tools.modelDir, "model.safetensors"))) return `no model in ${tools.modelDir} (deploy/dev/lib.sh install_model)`;
+  if (!existsSync(join(tools.modelDir, "model.safetensors")))
+    return `no model in ${tools.modelDir} (deploy/dev/lib.sh install_model)`;
   return tools;
 }
 
@@ -65,7 +66,10 @@ function portOpen(port: number): Promise<boolean> {
       socket.destroy();
       resolve(open);
     };
-    socket.on("connect", () => done(true)).on("error", () => done(false)).on("timeout", () => done(false));
+    socket
+      .on("connect", () => done(true))
+      .on("error", () => done(false))
+      .on("timeout", () => done(false));
   });
 }
 
@@ -80,7 +84,12 @@ function healthy(port: number): Promise<boolean> {
 }
 
 function tail(path: string, lines = 40): string {
-  return existsSync(path) ? readFileSync(path, "utf8").split("\n").slice(-lines - 1).join("\n") : "(no log)";
+  return existsSync(path)
+    ? readFileSync(path, "utf8")
+        .split("\n")
+        .slice(-lines - 1)
+        .join("\n")
+    : "(no log)";
 }
 
 function exited(child: ChildProcess): boolean {
@@ -129,14 +138,20 @@ export class LocalStack {
 
   #env(): NodeJS.ProcessEnv {
     // Only what this stack sets: no SLUICE_* configuration of the caller's leaks in.
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SLUICE_") && k !== "RUST_LOG"));
+    const env = Object.fromEntries(
+      Object.entries(process.env).filter(([k]) => !k.startsWith("SLUICE_") && k !== "RUST_LOG"),
+    );
     return { ...env, SLUICE_MODEL_DIR: this.tools.modelDir, RUST_LOG: "info" };
   }
 
   async admin(...args: string[]): Promise<string> {
     const argv = ["--data-dir", this.data, "--actor", "sdk/typescript tests", ...args];
     try {
-      const { stdout } = await promisify(execFile)(this.tools.admin, argv, { cwd: this.root, env: this.#env(), timeout: 60_000 });
+      const { stdout } = await promisify(execFile)(this.tools.admin, argv, {
+        cwd: this.root,
+        env: this.#env(),
+        timeout: 60_000,
+      });
       return stdout;
     } catch (error) {
       throw new Error(`sluice-admin ${args.join(" ")} failed:\n${(error as { stderr?: string }).stderr ?? error}`);
@@ -147,10 +162,24 @@ export class LocalStack {
     [this.kafkaPort, this.grpcPort, this.healthPort] = [await freePort(), await freePort(), await freePort()];
     // What deploy/dev/up gives on the command line, plus what the tests of killing a process
     // need: a killed worker holds its partitions until its session times out.
-    writeFileSync(join(this.root, "sluice.toml"), '[kafka.properties]\n"session.timeout.ms" = "6000"\n"heartbeat.interval.ms" = "500"\n');
+    writeFileSync(
+      join(this.root, "sluice.toml"),
+      '[kafka.properties]\n"session.timeout.ms" = "6000"\n"heartbeat.interval.ms" = "500"\n',
+    );
     // deploy/dev/up's steps: CA, server certificate, tenant, client certificate.
     await this.admin("cert", "init-ca", "--out", this.tls);
-    await this.admin("cert", "server", "--ca-dir", this.tls, "--out", this.tls, "--name", "localhost", "--name", "127.0.0.1");
+    await this.admin(
+      "cert",
+      "server",
+      "--ca-dir",
+      this.tls,
+      "--out",
+      this.tls,
+      "--name",
+      "localhost",
+      "--name",
+      "127.0.0.1",
+    );
     await this.admin("tenant", "create", this.tenant, "--name", "SDK test tenant");
     await this.admin("cert", "client", this.tenant, "--ca-dir", this.tls, "--out", this.tls);
     await this.startBroker();
@@ -171,8 +200,17 @@ export class LocalStack {
     // nisshi resolves sqlite:// paths against its working directory.
     this.broker = this.#spawn(
       this.tools.nisshi,
-      ["broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "sqlite://broker.db",
-       "--group-initial-rebalance-delay", "100ms"],
+      [
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "sqlite://broker.db",
+        "--group-initial-rebalance-delay",
+        "100ms",
+      ],
       "broker.log",
       this.#env(),
     );
@@ -195,17 +233,29 @@ export class LocalStack {
     this.gatewayStarts += 1;
     const gateway = this.#spawn(
       this.tools.gateway,
-      ["--standalone", "--config", join(this.root, "sluice.toml"), "--listen", this.target,
-       "--health-listen", `127.0.0.1:${this.healthPort}`, "--bootstrap-servers", `127.0.0.1:${this.kafkaPort}`,
-       "--data-dir", this.data],
+      [
+        "--standalone",
+        "--config",
+        join(this.root, "sluice.toml"),
+        "--listen",
+        this.target,
+        "--health-listen",
+        `127.0.0.1:${this.healthPort}`,
+        "--bootstrap-servers",
+        `127.0.0.1:${this.kafkaPort}`,
+        "--data-dir",
+        this.data,
+      ],
       "sluice.log",
       env,
     );
     this.gateway = gateway;
     const deadline = performance.now() + timeoutMs;
     while (!(await healthy(this.healthPort))) {
-      if (exited(gateway)) throw new Error(`sluice-gateway exited (${gateway.exitCode ?? gateway.signalCode}):\n${this.logTail()}`);
-      if (performance.now() > deadline) throw new Error(`sluice-gateway not healthy within ${timeoutMs / 1000} s:\n${this.logTail()}`);
+      if (exited(gateway))
+        throw new Error(`sluice-gateway exited (${gateway.exitCode ?? gateway.signalCode}):\n${this.logTail()}`);
+      if (performance.now() > deadline)
+        throw new Error(`sluice-gateway not healthy within ${timeoutMs / 1000} s:\n${this.logTail()}`);
       await sleep(250);
     }
   }

@@ -61,13 +61,20 @@ test("missing files say what writes them", () => {
   const d = dir("ca.pem");
   assert.throws(() => TlsCredentials.fromDirectory(d, "acme"), /sluice-admin cert client acme --out/);
   assert.throws(() => TlsCredentials.fromDirectory(join(d, "nope"), "acme"), /is not a directory/);
-  assert.throws(() => TlsCredentials.fromFiles(join(d, "ca.pem"), join(d, "key.pem")), /the client key .* does not exist/);
+  assert.throws(
+    () => TlsCredentials.fromFiles(join(d, "ca.pem"), join(d, "key.pem")),
+    /the client key .* does not exist/,
+  );
 });
 
 test("from files", () => {
   const d = dir("c.pem", "k.pem", "ca.pem");
   const credentials = TlsCredentials.fromFiles(join(d, "c.pem"), join(d, "k.pem"), join(d, "ca.pem"));
-  assert.deepEqual([credentials.cert, credentials.key, credentials.ca].map(text), ["PEM of c.pem", "PEM of k.pem", "PEM of ca.pem"]);
+  assert.deepEqual([credentials.cert, credentials.key, credentials.ca].map(text), [
+    "PEM of c.pem",
+    "PEM of k.pem",
+    "PEM of ca.pem",
+  ]);
 });
 
 test("a client needs credentials unless it names a dev tenant", () => {
