@@ -39,10 +39,12 @@ async function main(): Promise<number> {
     console.error(`no .txt files in ${folder}`);
     return 2;
   }
+  const titles: string[] = [];
   const documents: Document[] = files.map((file) => {
     const text = readFileSync(join(folder, file), "utf8");
     const name = file.split(sep).join("/");
     const title = text.trim().split("\n")[0]?.slice(0, 200) || basename(file, ".txt");
+    titles.push(title);
     return { documentId: name, fields: { title, text, source: name }, attributes: { folder: basename(folder) } };
   });
 
@@ -64,7 +66,7 @@ async function main(): Promise<number> {
     }
     console.log(`indexed ${accepted.length - failed} of ${accepted.length}`);
 
-    const query = values.query ?? String(documents[0]!.fields.title);
+    const query = values.query ?? titles[0]!;
     console.log(`searching: "${query}"`);
     const hits = await sluice.search(query, { topK: Number(values["top-k"]), filters: { folder: basename(folder) } });
     for (const hit of hits) {

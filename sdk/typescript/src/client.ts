@@ -164,11 +164,7 @@ export class Client {
    * timeout). The same id replaces the document. `idempotencyKey` defaults to a fresh one,
    * kept across retries; pass your own to make your own retries safe too.
    */
-  async ingest(
-    documentId: string,
-    fields: Readonly<Record<string, unknown>>,
-    options: IngestOptions = {},
-  ): Promise<Ingestion> {
+  async ingest(documentId: string, fields: object, options: IngestOptions = {}): Promise<Ingestion> {
     const document = documentMessage({ ...options, documentId, fields });
     const request = create(ingestPb.IngestRequestSchema, {
       document,

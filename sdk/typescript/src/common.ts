@@ -59,7 +59,7 @@ export function newKey(): string {
 }
 
 /** A document to ingest: a `Document`, or a `[documentId, fields]` pair. */
-export type DocumentLike = Document | readonly [string, Readonly<Record<string, unknown>>];
+export type DocumentLike = Document | readonly [string, object];
 
 export function asDocument(item: DocumentLike): Document {
   return Array.isArray(item) ? { documentId: item[0], fields: item[1] } : (item as Document);

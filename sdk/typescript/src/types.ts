@@ -115,7 +115,8 @@ export function schemaFrom(message: SchemaMessage | undefined): Schema {
  */
 export interface Document {
   documentId: string;
-  fields: Readonly<Record<string, unknown>>;
+  /** The Avro record: an object of field names to values (see `toAvroJson`). */
+  fields: object;
   attributes?: Readonly<Record<string, string>>;
   schema?: string;
   schemaVersion?: number;
