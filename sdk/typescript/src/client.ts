@@ -128,10 +128,25 @@ export class Client {
     return wait ? this.#settings.waitTimeoutMs : this.#settings.timeoutMs;
   }
 
-  #options(deadline: number | undefined, signal?: AbortSignal): CallOptions {
+  #options(deadline: number | undefined): CallOptions {
     const left = remainingMs(deadline);
     // connect reads a timeout of 0 as none: a passed deadline is 1 ms.
-    return { headers: this.#headers, timeoutMs: left === undefined ? undefined : Math.max(1, Math.ceil(left)), signal };
+    return { headers: this.#headers, timeoutMs: left === undefined ? undefined : Math.max(1, Math.ceil(left)) };
+  }
+
+  // connect keeps a call's deadline timer until the call ends, and a stream left early (a
+  // `break` out of a watch) never ends for it: the timer would hold the process open until the
+  // deadline. So a stream's deadline goes to the gateway as grpc-timeout, and the client's own
+  // is an AbortSignal.timeout, which holds nothing.
+  #streamOptions(deadline: number | undefined, stop: AbortSignal): CallOptions {
+    const left = remainingMs(deadline);
+    if (left === undefined) return { headers: this.#headers, signal: stop };
+    const ms = Math.max(1, Math.ceil(left));
+    const timeout = ms < 1e8 ? `${ms}m` : `${Math.ceil(ms / 1000)}S`; // at most 8 digits
+    return {
+      headers: { ...this.#headers, "grpc-timeout": timeout },
+      signal: AbortSignal.any([stop, AbortSignal.timeout(ms)]),
+    };
   }
 
   async #call<I, O>(
@@ -254,7 +269,7 @@ export class Client {
       try {
         for await (const message of this.#ingest.watchIngestions(
           state.request(),
-          this.#options(deadline, stop.signal),
+          this.#streamOptions(deadline, stop.signal),
         )) {
           failures = 0;
           const event = state.accept(message);
@@ -263,7 +278,10 @@ export class Client {
         if (state.done) return;
         error = new Unavailable(Code.Unavailable, "the watch stream ended early");
       } catch (thrown) {
-        error = errorFromRpc(thrown);
+        const late = deadline !== undefined && performance.now() >= deadline;
+        error = late
+          ? new DeadlineExceeded(Code.DeadlineExceeded, "the watch's deadline passed")
+          : errorFromRpc(thrown);
       } finally {
         stop.abort();
       }

@@ -2,11 +2,15 @@
 // or repeated across broken streams), waitFor, search results.
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { afterEach, beforeEach, test } from "node:test";
 import {
   batches,
   Client,
   Code,
+  DeadlineExceeded,
   InvalidArgument,
   NotFound,
   OutOfRange,
@@ -184,6 +188,31 @@ test("a watch whose connection drops resumes after its last cursor", async () =>
     logged[0]!,
     /^watch stream broke \(UNAVAILABLE: the connection to the gateway broke .*\); resuming after cursor '3'/,
   );
+});
+
+test("leaving a watch early leaves nothing that holds the process open", async () => {
+  running.fake.addEvents(ingestion(1, ACCEPTED), ingestion(2, ACCEPTED));
+  running.fake.holdStreams = true;
+  const script = fileURLToPath(new URL("./leave-watch.js", import.meta.url));
+  const started = performance.now();
+  const { stdout } = await promisify(execFile)(process.execPath, [script, running.target], { timeout: 30_000 });
+  assert.equal(stdout, "event 1\n");
+  assert.ok(performance.now() - started < 10_000, "the watch's 60 s deadline kept the process alive");
+});
+
+test("a watch ends DEADLINE_EXCEEDED when its timeout passes", async () => {
+  running.fake.addEvents(ingestion(1, ACCEPTED));
+  running.fake.holdStreams = true;
+  const cursors: string[] = [];
+  await using({}, async (sluice) => {
+    const started = performance.now();
+    await assert.rejects(async () => {
+      for await (const event of sluice.watch({ afterCursor: "0", timeoutMs: 300 })) cursors.push(event.cursor);
+    }, DeadlineExceeded);
+    assert.ok(performance.now() - started < 3000);
+  });
+  assert.deepEqual(cursors, ["1"]);
+  assert.equal(running.fake.watchRequests.length, 1);
 });
 
 test("watching ids restarts a broken snapshot and hands out each state once", async () => {

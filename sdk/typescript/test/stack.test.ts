@@ -24,7 +24,7 @@ import {
   type Ingestion,
   type IngestionEvent,
 } from "sluice-client";
-import { findTools, LocalStack } from "./stack.js";
+import { findTools, LocalStack, within } from "./stack.js";
 
 const SAMPLES: { id: string; title: string; text: string }[] = JSON.parse(
   readFileSync(new URL("../../../../deploy/dev/samples.json", import.meta.url), "utf8"),
@@ -264,7 +264,8 @@ describe("against a local stack", () => {
       const counts = () => watchers.map((w) => w.events.length);
       await sleep(1000); // both streams open
 
-      const writer = connect({ retry: patient, timeoutMs: 120_000 });
+      const writes: string[] = [];
+      const writer = connect({ retry: patient, timeoutMs: 120_000, log: (m) => writes.push(m) });
       const ids: string[] = [];
       const ingest = async (batch: number, size = 10) => {
         const docs = Array.from(
@@ -297,10 +298,7 @@ describe("against a local stack", () => {
         await sleep(500);
         await stack.startGateway();
         phase("SIGTERM, restarted");
-        await Promise.race([
-          writing,
-          sleep(120_000).then(() => assert.fail("the writes during the restart did not finish")),
-        ]);
+        await within(writing, 120_000, "the writes during the restart");
         // Both watchers resumed on the new instance before it is killed.
         await waitUntil("the watchers resumed", () => Math.min(...counts()) >= 2 * 100);
         phase("100 documents in, watchers resumed");
@@ -317,9 +315,14 @@ describe("against a local stack", () => {
         writer.close();
       }
 
-      await Promise.race([Promise.all(watchers.map((w) => w.done)), sleep(240_000)]);
+      await within(Promise.all(watchers.map((w) => w.done)), 240_000, "the watchers' last events").catch((e: unknown) =>
+        failures.push(e),
+      );
       phase("watchers done");
       console.log(phases.join(", "));
+      for (const { name, logged } of [...watchers, { name: "writer", logged: writes }]) {
+        console.log(`${name}:\n  ${logged.join("\n  ") || "(no retries)"}`);
+      }
       assert.deepEqual(failures, []);
       assert.equal(ids.length, DOCS);
       assert.equal(new Set(ids).size, DOCS);

@@ -96,15 +96,33 @@ function exited(child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null;
 }
 
-/** SIGTERM, then SIGKILL if it has not exited within `timeoutMs`. */
-export async function stop(child: ChildProcess | undefined, timeoutMs: number): Promise<void> {
+/** `promise`, or a rejection naming `what` after `ms`; the timer does not outlive it. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took more than ${ms / 1000} s`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Sends `signal`; if it was SIGTERM and the process has not exited within `timeoutMs`, SIGKILL. */
+export async function stop(
+  child: ChildProcess | undefined,
+  timeoutMs: number,
+  signal: "SIGTERM" | "SIGKILL" = "SIGTERM",
+) {
   if (!child || exited(child)) return;
   const gone = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = sleep(timeoutMs).then(() => "late");
-  if ((await Promise.race([gone, timer])) === "late") {
+  child.kill(signal);
+  try {
+    await within(gone, timeoutMs, "stopping");
+  } catch {
     child.kill("SIGKILL");
-    await Promise.race([gone, sleep(10_000)]);
+    await within(gone, 10_000, "a SIGKILL").catch(() => undefined);
   }
 }
 
@@ -268,11 +286,7 @@ export class LocalStack {
 
   /** SIGKILL: connections reset, the worker's open transaction is left to abort. */
   async killGateway(): Promise<void> {
-    const gateway = this.gateway;
-    if (!gateway || exited(gateway)) return;
-    const gone = new Promise<void>((resolve) => gateway.once("exit", () => resolve()));
-    gateway.kill("SIGKILL");
-    await Promise.race([gone, sleep(10_000)]);
+    await stop(this.gateway, 10_000, "SIGKILL");
     this.gateway = undefined;
   }
 
