@@ -43,7 +43,7 @@ pub struct PreconditionViolation {
     pub description: String,
 }
 
-/// What `Client::wait_for` knew when its timeout passed.
+/// What [`Client::wait_for`](crate::Client::wait_for) knew when its timeout passed.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct WaitTimeout {
@@ -186,8 +186,8 @@ impl Error {
         self.0.ingestion_id.as_deref()
     }
 
-    /// For `ingest_many`: the ingestions of the batches accepted
-    /// before the one that failed (nothing of that one was written).
+    /// For [`ingest_many`](crate::Client::ingest_many): the ingestions of the batches
+    /// accepted before the one that failed (nothing of that one was written).
     pub fn accepted(&self) -> &[Ingestion] {
         &self.0.accepted
     }
