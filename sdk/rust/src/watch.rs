@@ -166,7 +166,7 @@ impl Watch {
             client: client.clone(),
             state: WatchState::new(ids, after_cursor),
             deadline,
-            timer: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            timer: None,
             failures: 0,
             reconnects: 0,
             phase: Phase::Start,
@@ -196,9 +196,7 @@ impl Watch {
     /// the stream yields `DeadlineExceeded` and ends.
     pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.deadline = deadline_after(timeout.into());
-        self.timer = self
-            .deadline
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self.timer = None;
         self
     }
 
@@ -246,10 +244,14 @@ impl Watch {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<IngestionEvent, Error>>> {
-        let fired = match &mut self.timer {
-            Some(timer) => timer.as_mut().poll(cx).is_ready(),
-            None => false,
+        let Some(deadline) = self.deadline else {
+            return Poll::Pending;
         };
+        // Made on the first wait, inside the runtime that polls the watch.
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let fired = timer.as_mut().poll(cx).is_ready();
         if fired {
             self.phase = Phase::Done;
             return Poll::Ready(Some(Err(deadline_passed())));

@@ -269,6 +269,25 @@ async fn a_gateway_that_is_not_there_is_unavailable_after_bounded_tries() {
 }
 
 #[tokio::test]
+async fn a_client_reconnects_once_the_gateway_is_there() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sluice = client_of(&addr.to_string())
+        .retry(RetryPolicy::never())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let error = sluice.search("anything").await.unwrap_err();
+        assert_eq!(error.code(), U, "{error}");
+    }
+    // The gateway comes (back); the same client, its connection made anew, gets through.
+    let _running = Running::start_on(addr).await;
+    assert_eq!(sluice.search("anything").top_k(1).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn ingest_many_calls_ingest_batch_per_batch_with_a_key_each() {
     let running = Running::start().await;
     let sluice = running.client().batch_size(3).build().unwrap();
