@@ -60,7 +60,9 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// Document records, keyed by tenant and document id. Default `sluice.documents`.
     pub documents_topic: String,
-    /// Default 3: one document's records stay in one partition, documents spread over all.
+    /// Default 12, room for up to 12 workers (each partition is one worker's at a time): one
+    /// document's records stay in one partition, documents spread over all. Partitions can be
+    /// added later, never removed (docs/operations.md, "Adding partitions").
     pub documents_partitions: i32,
     /// Completion events from workers. Default `sluice.completions`, 3 partitions.
     pub completions_topic: String,
@@ -91,7 +93,7 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: "127.0.0.1:9092".into(),
             documents_topic: "sluice.documents".into(),
-            documents_partitions: 3,
+            documents_partitions: 12,
             completions_topic: "sluice.completions".into(),
             completions_partitions: 3,
             dead_letter_topic: "sluice.dead-letters".into(),
@@ -539,7 +541,7 @@ mod tests {
             assert_eq!(config.kafka.bootstrap_servers, "env:2");
             assert_eq!(config.kafka.properties["linger.ms"], "7");
             assert_eq!(config.gateway.max_top_k, 9);
-            assert_eq!(config.kafka.documents_partitions, 3);
+            assert_eq!(config.kafka.documents_partitions, 12);
             assert_eq!(config.model.dir, PathBuf::from("/models/minilm"));
             Ok(())
         });

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::{GetIngestionRequest, IngestRequest, IngestionState};
 use sluice_core::tenants::QuotaUpdate;
-use sluice_tests::{document, tenant_id, Database, Stack};
+use sluice_tests::{as_tenant, document, ended, ingest_batch, state, tenant_id, Database, Stack};
 use tonic::Code;
 
 fn note(id: &str) -> IngestRequest {
@@ -179,6 +179,98 @@ async fn a_large_document_delays_others_by_its_embedding_time_only() {
     assert!(
         behind <= large_indexed + baseline * 2 + Duration::from_secs(2),
         "B waited {behind:?}, longer than A's document took ({large_indexed:?})"
+    );
+    stack.shutdown().await;
+}
+
+/// Tenant A ingests ten times as many documents as tenant B at the same time. The worker reads
+/// each partition in order, so B's documents wait behind A's already in the partition: B's
+/// delay is A's backlog ahead of it divided by the indexing rate, bounded by what A's quota lets
+/// it queue. Prints B's latency (accepted → INDEXED) alone and beside A, and asserts that each
+/// of B's documents waited no longer than indexing everything accepted before it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures latency: runs alone, after the rest (deploy/dev/test)"]
+async fn ten_times_the_documents_delay_another_tenant_by_the_backlog_only() {
+    const B_DOCUMENTS: usize = 30;
+    let stack = Stack::start(Database::Sqlite).await;
+    stack.generous_tenant("tenant-a").await;
+    stack.generous_tenant("tenant-b").await;
+    let client = stack.ingest_client().await;
+
+    // B's latency: each of its documents from acceptance to INDEXED, one every 100 ms.
+    async fn b_latencies(
+        client: &IngestServiceClient<tonic::transport::Channel>,
+        label: &str,
+    ) -> Vec<Duration> {
+        let mut ids = Vec::new();
+        for i in 0..B_DOCUMENTS {
+            let request = as_tenant("tenant-b", note(&format!("{label}-{i}")));
+            let accepted = client.clone().ingest(request).await.unwrap().into_inner();
+            ids.push(accepted.ingestion.unwrap().ingestion_id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut latencies = Vec::new();
+        for id in ids {
+            let done = ended(client, "tenant-b", &id, Duration::from_secs(300)).await;
+            assert_eq!(state(&done), IngestionState::Indexed);
+            let (accepted, completed) = (done.accepted_at.unwrap(), done.completed_at.unwrap());
+            let ms = (completed.seconds - accepted.seconds) * 1000
+                + i64::from(completed.nanos - accepted.nanos) / 1_000_000;
+            latencies.push(Duration::from_millis(ms.max(0) as u64));
+        }
+        latencies.sort();
+        latencies
+    }
+    let alone = b_latencies(&client, "alone").await;
+
+    // A sends ten times as many, in batches of 50, while B sends its own.
+    let flood = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let mut ids = Vec::new();
+            for batch in 0..(10 * B_DOCUMENTS / 50) {
+                let documents = (0..50)
+                    .map(|i| {
+                        let n = batch * 50 + i;
+                        document(
+                            &format!("a-{n}"),
+                            "A",
+                            &format!("Tenant A's note {n} on tides and harbours."),
+                        )
+                    })
+                    .collect();
+                ids.extend(ingest_batch(&client, "tenant-a", documents, "").await);
+            }
+            (ids, started.elapsed())
+        }
+    });
+    let beside = b_latencies(&client, "beside").await;
+    let (a_ids, a_sent_in) = flood.await.unwrap();
+    let mut a_last = Duration::ZERO;
+    let a_started = Instant::now();
+    for id in &a_ids {
+        let done = ended(&client, "tenant-a", id, Duration::from_secs(300)).await;
+        assert_eq!(state(&done), IngestionState::Indexed);
+        a_last = a_started.elapsed();
+    }
+    let at = |l: &[Duration], q: f64| l[((l.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "tenant B's {B_DOCUMENTS} documents, accepted → INDEXED: alone p50 {:?} max {:?}; beside \
+         tenant A's {} (sent in {a_sent_in:?}) p50 {:?} p90 {:?} max {:?}",
+        at(&alone, 0.5),
+        at(&alone, 1.0),
+        a_ids.len(),
+        at(&beside, 0.5),
+        at(&beside, 0.9),
+        at(&beside, 1.0),
+    );
+    // The FIFO bound: no more than indexing all of A's documents (and B's own) takes.
+    let bound = a_sent_in + a_last + at(&alone, 1.0) * 2 + Duration::from_secs(5);
+    assert!(
+        at(&beside, 1.0) <= bound,
+        "B waited {:?}, more than A's whole backlog takes ({bound:?})",
+        at(&beside, 1.0)
     );
     stack.shutdown().await;
 }

@@ -35,6 +35,8 @@ async fn metrics_count_what_a_tenant_did() {
     let worker_group = group.clone();
     let stack = Stack::start_configured(Database::Sqlite, move |config| {
         config.worker.group_id = worker_group;
+        // What the test counts on: three partitions.
+        config.kafka.documents_partitions = 3;
     })
     .await;
     let health = stack.standalone().gateway.health_addr;
@@ -254,6 +256,8 @@ async fn prometheus_sees_the_lag_rise_and_fall() {
     let worker_group = group.clone();
     let mut stack = Stack::start_configured(Database::Sqlite, move |config| {
         config.worker.group_id = worker_group;
+        // What the test counts on: three partitions.
+        config.kafka.documents_partitions = 3;
     })
     .await;
     let prometheus = Prometheus::scraping(stack.standalone().gateway.health_addr).await;
@@ -330,6 +334,8 @@ async fn extra_workers_say_they_are_idle_and_take_over_when_one_leaves() {
     let worker_group = group.clone();
     let mut stack = Stack::start_configured(Database::Sqlite, move |config| {
         config.worker.group_id = worker_group;
+        // What the test counts on: three partitions.
+        config.kafka.documents_partitions = 3;
     })
     .await;
     // Four workers of our own for the three partitions.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sluice_core::proto::{IngestBatchRequest, IngestionState};
+use sluice_core::proto::IngestionState;
 use sluice_core::record::DocumentRecord;
 use sluice_core::vector::{IndexedDocument, VectorHit, VectorQuery, VectorStore, VectorStoreError};
-use sluice_tests::{as_tenant, document, ended, read_topic, state, Database, Stack};
+use sluice_tests::{document, ended, ingest_batch, read_topic, state, Database, Stack};
 
 /// A store that answers "unavailable" while switched off, as a server that is down does.
 struct Switched {
@@ -114,24 +114,7 @@ async fn a_store_outage_mid_ingest_pauses_the_worker_and_fails_nothing() {
                 )
             })
             .collect();
-        let response = ingest
-            .clone()
-            .ingest_batch(as_tenant(
-                TENANT,
-                IngestBatchRequest {
-                    documents,
-                    idempotency_key: format!("reports-{batch}"),
-                },
-            ))
-            .await
-            .unwrap();
-        ids.extend(
-            response
-                .into_inner()
-                .ingestions
-                .into_iter()
-                .map(|i| i.ingestion_id),
-        );
+        ids.extend(ingest_batch(&ingest, TENANT, documents, &format!("reports-{batch}")).await);
         if batch == 0 {
             // Some indexing under way, then the store goes down.
             tokio::time::sleep(Duration::from_millis(500)).await;

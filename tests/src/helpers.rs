@@ -131,3 +131,30 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').expect("status line");
     (code.trim().parse().expect("status code"), body.to_owned())
 }
+
+/// Sends one IngestBatch as `tenant` (development header) and returns the ingestion ids, in
+/// the documents' order; panics on a refusal.
+pub async fn ingest_batch(
+    client: &IngestServiceClient<Channel>,
+    tenant: &str,
+    documents: Vec<Document>,
+    idempotency_key: &str,
+) -> Vec<String> {
+    let request = as_tenant(
+        tenant,
+        sluice_core::proto::IngestBatchRequest {
+            documents,
+            idempotency_key: idempotency_key.to_owned(),
+        },
+    );
+    client
+        .clone()
+        .ingest_batch(request)
+        .await
+        .unwrap_or_else(|status| panic!("IngestBatch as {tenant}: {status:?}"))
+        .into_inner()
+        .ingestions
+        .into_iter()
+        .map(|ingestion| ingestion.ingestion_id)
+        .collect()
+}

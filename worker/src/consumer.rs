@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-use crate::indexer::{Indexer, ProcessError, Processed};
+use crate::indexer::{Indexer, ProcessError, Processed, SCHEMA_REGISTRY};
 
 /// Records committed together in one transaction, at most.
 const MAX_BATCH: usize = 16;
@@ -358,9 +358,14 @@ impl Worker {
         let settled = loop {
             let outage = match &error {
                 ProcessError::Rejected(_) => break Ok(Err((error, attempts))),
-                ProcessError::Unavailable { .. } => true,
-                // Not obviously an outage; it is one if the store does not answer either.
-                ProcessError::Transient(_) => self.indexer.dependencies().await.is_err(),
+                // The registry cannot answer, and no cached schema can: nothing else to ask.
+                ProcessError::Unavailable {
+                    dependency: SCHEMA_REGISTRY,
+                    ..
+                } => true,
+                // The store failing this record is an outage only if its health check fails
+                // too; otherwise the trouble is the record's, and counts against its attempts.
+                _ => self.indexer.dependencies().await.is_err(),
             };
             if outage {
                 let since = *paused_since.get_or_insert_with(Instant::now);

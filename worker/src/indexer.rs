@@ -22,6 +22,10 @@ use sluice_embed::Embedder;
 
 use crate::chunk::Chunker;
 
+/// The dependencies a [`ProcessError::Unavailable`] names.
+pub const VECTOR_STORE: &str = "vector store";
+pub const SCHEMA_REGISTRY: &str = "schema registry";
+
 /// What became of a record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Processed {
@@ -57,12 +61,12 @@ impl ProcessError {
         !matches!(self, ProcessError::Rejected(_))
     }
 
-    /// Short class for dead-letter headers and logs.
+    /// Short class for dead-letter headers, metrics and logs: `transient` for anything
+    /// retrying could have fixed (the record was given up after its attempts).
     pub fn class(&self) -> &'static str {
         match self {
             ProcessError::Rejected(_) => "rejected",
-            ProcessError::Transient(_) => "transient",
-            ProcessError::Unavailable { .. } => "unavailable",
+            ProcessError::Transient(_) | ProcessError::Unavailable { .. } => "transient",
         }
     }
 
@@ -70,7 +74,7 @@ impl ProcessError {
         let reason = Chain(error).to_string();
         if error.is_unavailable() {
             ProcessError::Unavailable {
-                dependency: "vector store",
+                dependency: VECTOR_STORE,
                 reason,
             }
         } else {
@@ -278,7 +282,7 @@ impl Indexer {
         let schema = match record.schema_id {
             Some(id) => self.schemas.by_id(id).await.map_err(|e| match e {
                 CatalogError::Unavailable(reason) => ProcessError::Unavailable {
-                    dependency: "schema registry",
+                    dependency: SCHEMA_REGISTRY,
                     reason,
                 },
                 other => ProcessError::Rejected(other.to_string()),
