@@ -176,5 +176,38 @@ async fn main() {
         "peak RSS of the standalone process: {:.0} MB",
         peak_rss_mb()
     );
+    // Where the worker's time went, from its own metrics (every round together).
+    let metrics = sluice_core::metrics::render();
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    println!("worker stages, in all rounds:");
+    for (stage, name) in [
+        (
+            "embed (per batch)",
+            "sluice_worker_embedding_duration_seconds",
+        ),
+        (
+            "upsert (per batch)",
+            "sluice_worker_upsert_duration_seconds",
+        ),
+        (
+            "commit (per batch)",
+            "sluice_worker_commit_duration_seconds",
+        ),
+    ] {
+        let (sum, count) = (
+            total(&format!("{name}_sum")),
+            total(&format!("{name}_count")),
+        );
+        println!(
+            "  {stage:<22} {sum:>7.2} s over {count:>5.0} ({:.1} ms each)",
+            1000.0 * sum / count.max(1.0)
+        );
+    }
     stack.shutdown().await;
 }

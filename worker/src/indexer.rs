@@ -2,8 +2,8 @@
 //!
 //! [`Indexer::process_batch`] takes a batch of records at once: each is decoded and chunked,
 //! then the chunks of all of them are embedded together, so that many small documents still
-//! fill the model's batches; then the store is written in record order (an upsert and a later
-//! delete of one document land in that order). [`Indexer::process`] is one record alone (the
+//! fill the model's batches; then the store is written in record order, consecutive upserts as
+//! one write (an upsert and a later delete of one document land in that order). [`Indexer::process`] is one record alone (the
 //! worker's retries).
 
 use std::collections::BTreeMap;
@@ -167,24 +167,72 @@ impl Indexer {
             metrics::counter!("sluice_worker_chunks_embedded_total")
                 .increment(vectors.len() as u64);
         }
-        // Stage 4, in record order.
+        // Stage 4, in record order: consecutive upserts go to the store as one write; a
+        // delete waits for the upserts before it.
         let mut vectors = vectors.map(Vec::into_iter);
-        let mut results = Vec::with_capacity(records.len());
-        for ((record, span), prepared) in records.iter().zip(prepared) {
-            results.push(match prepared {
-                Err(error) => Err(error),
-                Ok(None) => self.delete(record).instrument(span.clone()).await,
+        let mut results: Vec<Option<Result<Processed, ProcessError>>> = vec![None; records.len()];
+        let mut run = Vec::new();
+        for (i, ((record, span), prepared)) in records.iter().zip(prepared).enumerate() {
+            match prepared {
+                Err(error) => results[i] = Some(Err(error)),
                 Ok(Some(prepared)) => match &mut vectors {
-                    Err(error) => Err(error.clone()),
+                    Err(error) => results[i] = Some(Err(error.clone())),
                     Ok(vectors) => {
-                        let mine: Vec<Vec<f32>> =
-                            vectors.by_ref().take(prepared.pieces.len()).collect();
-                        self.write(record, prepared, mine, span).await
+                        let mine = vectors.by_ref().take(prepared.pieces.len()).collect();
+                        run.push((i, indexed_document(record, prepared, mine)));
                     }
                 },
-            });
+                Ok(None) => {
+                    self.upsert(std::mem::take(&mut run), records, &mut results)
+                        .await;
+                    results[i] = Some(self.delete(record).instrument(span.clone()).await);
+                }
+            }
         }
+        self.upsert(run, records, &mut results).await;
         results
+            .into_iter()
+            .map(|result| result.expect("every record has a result"))
+            .collect()
+    }
+
+    /// Stage 4 of a run of upserts: their chunks and embeddings into the store, in one write.
+    async fn upsert(
+        &self,
+        run: Vec<(usize, IndexedDocument)>,
+        records: &[(&DocumentRecord, Span)],
+        results: &mut [Option<Result<Processed, ProcessError>>],
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        // An `upsert` span under each record's own, for as long as the shared write takes.
+        let spans: Vec<Span> = run
+            .iter()
+            .map(|(i, document)| {
+                info_span!(parent: &records[*i].1, "upsert", store = self.store.kind(), points = document.chunks.len(), batch_documents = run.len())
+            })
+            .collect();
+        let counts: Vec<(usize, u32)> = run
+            .iter()
+            .map(|(i, document)| (*i, document.chunks.len() as u32))
+            .collect();
+        let started = Instant::now();
+        let written = self
+            .store
+            .index_documents(run.into_iter().map(|(_, document)| document).collect())
+            .await
+            .map_err(|e| ProcessError::store(&e));
+        metrics::histogram!("sluice_worker_upsert_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        drop(spans);
+        for (i, chunk_count) in counts {
+            results[i] = Some(written.clone().map(|()| Processed {
+                outcome: Outcome::Indexed,
+                chunk_count,
+                failure_reason: None,
+            }));
+        }
     }
 
     /// Stages 1 and 2 of one upsert.
@@ -202,53 +250,6 @@ impl Indexer {
             .instrument(info_span!(parent: span, "chunk"))
             .await?;
         Ok(Prepared { pieces, attributes })
-    }
-
-    /// Stage 4 of one upsert: its chunks and their embeddings into the store.
-    async fn write(
-        &self,
-        record: &DocumentRecord,
-        prepared: Prepared,
-        vectors: Vec<Vec<f32>>,
-        span: &Span,
-    ) -> Result<Processed, ProcessError> {
-        let chunks: Vec<Chunk> = prepared
-            .pieces
-            .into_iter()
-            .zip(vectors)
-            .enumerate()
-            .map(|(index, (text, vector))| Chunk {
-                index: index as u32,
-                text,
-                vector,
-            })
-            .collect();
-        let chunk_count = chunks.len() as u32;
-        // Request attributes first; the schema's declared attributes win on a clash because
-        // they are part of the validated document.
-        let mut attributes = record.attributes.clone();
-        attributes.extend(prepared.attributes);
-        let started = Instant::now();
-        let upsert =
-            info_span!(parent: span, "upsert", store = self.store.kind(), points = chunks.len());
-        self.store
-            .index_document(IndexedDocument {
-                tenant: record.tenant.to_string(),
-                document_id: record.document_id.clone(),
-                ingestion_id: record.ingestion_id.clone(),
-                attributes,
-                chunks,
-            })
-            .instrument(upsert)
-            .await
-            .map_err(|e| ProcessError::store(&e))?;
-        metrics::histogram!("sluice_worker_upsert_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        Ok(Processed {
-            outcome: Outcome::Indexed,
-            chunk_count,
-            failure_reason: None,
-        })
     }
 
     async fn delete(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
@@ -336,5 +337,35 @@ impl Indexer {
         .await
         .map_err(|e| ProcessError::Transient(format!("embedding: {}", Chain(&e))))?
         .map_err(|e| ProcessError::Transient(format!("embedding: {}", Chain(&e))))
+    }
+}
+
+/// What the store keeps for an upsert: its chunks with their embeddings, and the attributes.
+fn indexed_document(
+    record: &DocumentRecord,
+    prepared: Prepared,
+    vectors: Vec<Vec<f32>>,
+) -> IndexedDocument {
+    let chunks = prepared
+        .pieces
+        .into_iter()
+        .zip(vectors)
+        .enumerate()
+        .map(|(index, (text, vector))| Chunk {
+            index: index as u32,
+            text,
+            vector,
+        })
+        .collect();
+    // Request attributes first; the schema's declared attributes win on a clash because they
+    // are part of the validated document.
+    let mut attributes = record.attributes.clone();
+    attributes.extend(prepared.attributes);
+    IndexedDocument {
+        tenant: record.tenant.to_string(),
+        document_id: record.document_id.clone(),
+        ingestion_id: record.ingestion_id.clone(),
+        attributes,
+        chunks,
     }
 }

@@ -126,32 +126,48 @@ impl VectorStore for EdgeStore {
     }
 
     async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError> {
-        for chunk in &document.chunks {
-            self.check_dimension(&chunk.vector)?;
-        }
-        let points: Vec<PointStructPersisted> = document
-            .chunks
-            .iter()
-            .map(|chunk| edge_point(&document, chunk))
-            .collect();
-        let stale = edge_filter(&stale_chunk_clauses(
-            &document.tenant,
-            &document.document_id,
-            chunk_count(&document)?,
-        ))?;
-        self.write(move |shard| {
-            if !points.is_empty() {
-                let upsert =
-                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(points));
-                shard
-                    .update(UpdateOperation::PointOperation(upsert))
-                    .map_err(engine_error("upsert points"))?;
+        self.index_documents(vec![document]).await
+    }
+
+    async fn index_documents(
+        &self,
+        documents: Vec<IndexedDocument>,
+    ) -> Result<(), VectorStoreError> {
+        // Each document: its points, then the filter for its chunks past the new last one.
+        let mut writes = Vec::with_capacity(documents.len());
+        for document in &documents {
+            for chunk in &document.chunks {
+                self.check_dimension(&chunk.vector)?;
             }
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePointsByFilter(stale),
-                ))
-                .map_err(engine_error("delete stale chunks"))
+            let points: Vec<PointStructPersisted> = document
+                .chunks
+                .iter()
+                .map(|chunk| edge_point(document, chunk))
+                .collect();
+            let stale = edge_filter(&stale_chunk_clauses(
+                &document.tenant,
+                &document.document_id,
+                chunk_count(document)?,
+            ))?;
+            writes.push((points, stale));
+        }
+        // One write and one flush for all of them.
+        self.write(move |shard| {
+            for (points, stale) in writes {
+                if !points.is_empty() {
+                    let upsert =
+                        PointOperations::UpsertPoints(PointInsertOperations::PointsList(points));
+                    shard
+                        .update(UpdateOperation::PointOperation(upsert))
+                        .map_err(engine_error("upsert points"))?;
+                }
+                shard
+                    .update(UpdateOperation::PointOperation(
+                        PointOperations::DeletePointsByFilter(stale),
+                    ))
+                    .map_err(engine_error("delete stale chunks"))?;
+            }
+            Ok(())
         })
         .await
     }

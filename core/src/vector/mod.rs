@@ -141,6 +141,19 @@ pub trait VectorStore: Send + Sync + 'static {
     /// document re-ingested with fewer chunks keeps no stale ones. Idempotent.
     async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError>;
 
+    /// [`Self::index_document`] for each, in order, as one write where the store can (the
+    /// embedded store flushes to disk once for all of them). On an error some may be indexed
+    /// and others not; indexing them again is harmless.
+    async fn index_documents(
+        &self,
+        documents: Vec<IndexedDocument>,
+    ) -> Result<(), VectorStoreError> {
+        for document in documents {
+            self.index_document(document).await?;
+        }
+        Ok(())
+    }
+
     /// Removes every chunk of the document; returns how many points it had. Idempotent.
     async fn delete_document(
         &self,
