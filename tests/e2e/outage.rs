@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sluice_core::proto::IngestionState;
+use serde_json::json;
+use sluice_client::{Document, IngestionState};
 use sluice_core::record::DocumentRecord;
 use sluice_core::vector::{IndexedDocument, VectorHit, VectorQuery, VectorStore, VectorStoreError};
-use sluice_tests::{document, ended, ingest_batch, read_topic, state, Database, Stack};
+use sluice_tests::{read_topic, Database, Stack};
 
 /// A store that answers "unavailable" while switched off, as a server that is down does.
 struct Switched {
@@ -99,22 +100,20 @@ async fn a_store_outage_mid_ingest_pauses_the_worker_and_fails_nothing() {
     let pause = worker.pause();
     let worker = worker.spawn();
 
-    let ingest = stack.ingest_client().await;
+    let sluice = stack.client(TENANT);
     let mut ids = Vec::new();
     for batch in 0..(DOCUMENTS / 50) {
-        let documents = (0..50)
-            .map(|i| {
-                let n = batch * 50 + i;
-                document(
-                    &format!("report-{n}"),
-                    "Report",
-                    &format!(
-                        "Weather report {n}: wind from the west, rain by evening, harbour {n}."
-                    ),
-                )
-            })
-            .collect();
-        ids.extend(ingest_batch(&ingest, TENANT, documents, &format!("reports-{batch}")).await);
+        let documents = (0..50).map(|i| {
+            let n = batch * 50 + i;
+            let text =
+                format!("Weather report {n}: wind from the west, rain by evening, harbour {n}.");
+            Document::new(
+                format!("report-{n}"),
+                json!({"title": "Report", "text": text, "source": "tests"}),
+            )
+        });
+        let accepted = sluice.ingest_many(documents).await.expect("accepted");
+        ids.extend(accepted.into_iter().map(|i| i.ingestion_id));
         if batch == 0 {
             // Some indexing under way, then the store goes down.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -136,15 +135,15 @@ async fn a_store_outage_mid_ingest_pauses_the_worker_and_fails_nothing() {
     store.down.store(false, Ordering::SeqCst);
     let up_at = Instant::now();
 
-    let mut failed = Vec::new();
-    let mut last_completed = 0;
-    for id in &ids {
-        let done = ended(&ingest, TENANT, id, Duration::from_secs(180)).await;
-        if state(&done) != IngestionState::Indexed {
-            failed.push((id.clone(), done.failure_reason.clone()));
-        }
-        last_completed = last_completed.max(done.completed_at.map_or(0, |t| t.seconds));
-    }
+    let ended = sluice
+        .wait_for(ids.iter().cloned(), Some(Duration::from_secs(300)))
+        .await
+        .expect("every ingestion ended");
+    let failed: Vec<_> = ended
+        .iter()
+        .filter(|i| i.state != IngestionState::Indexed)
+        .map(|i| (&i.ingestion_id, &i.failure_reason))
+        .collect();
     assert!(
         failed.is_empty(),
         "not INDEXED after the outage: {failed:?}"

@@ -242,6 +242,16 @@ impl Stack {
             .expect("connect to the gateway")
     }
 
+    /// The Rust SDK's client acting for `tenant` (development header), for tests that use
+    /// the API as a tenant developer would rather than test its wire contract.
+    pub fn client(&self, tenant: &str) -> sluice_client::Client {
+        sluice_client::Client::builder(self.grpc_url())
+            .dev_tenant(tenant)
+            .wait_timeout(std::time::Duration::from_secs(300))
+            .build()
+            .expect("sluice-client")
+    }
+
     pub async fn ingest_client(&self) -> IngestServiceClient<Channel> {
         IngestServiceClient::new(self.channel().await)
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
-use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_core::config::{KafkaConfig, WorkerConfig};
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
 use crate::indexer::{Indexer, ProcessError, Processed, SCHEMA_REGISTRY};
+use crate::rebalance::{self, Rebalances};
 
 /// Records committed together in one transaction, at most.
 const MAX_BATCH: usize = 16;
@@ -80,7 +81,7 @@ impl Assignment {
             .map(|at| at.elapsed())
     }
 
-    fn update(&self, consumer: &StreamConsumer) {
+    fn update<C: ConsumerContext>(&self, consumer: &StreamConsumer<C>) {
         let mut partitions: Vec<i32> = consumer
             .assignment()
             .map(|list| list.elements().iter().map(|p| p.partition()).collect())
@@ -204,11 +205,11 @@ impl Worker {
     /// One consumer and one producer, until shutdown (Ok) or a failed transaction (Err).
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let poll_interval = MAX_POLL_INTERVAL.as_millis().to_string();
-        let consumer: Arc<StreamConsumer> = Arc::new(read_committed_consumer(
+        let consumer: Arc<StreamConsumer<Rebalances>> = Arc::new(read_committed_consumer(
             &self.kafka,
             &self.settings.group_id,
             &[("max.poll.interval.ms", &poll_interval)],
-            DefaultConsumerContext,
+            Rebalances::default(),
         )?);
         let result = self.consume(&consumer, shutdown).await;
         // Leaving the group blocks (up to librdkafka's timeouts when the broker is gone), so
@@ -219,7 +220,7 @@ impl Worker {
 
     async fn consume(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &StreamConsumer<Rebalances>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         consumer.subscribe(&[self.kafka.documents_topic.as_str()])?;
@@ -249,17 +250,41 @@ impl Worker {
                 },
             };
             // Small records batch up; a large one goes alone, so that a batch's work (and the
-            // time until the next poll) stays about that of one document.
+            // time until the next poll) stays about that of one document. Each record is
+            // tagged with the revocations it came after (see `rebalance`).
             let mut bytes = first.payload().map_or(0, <[u8]>::len);
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let mut gathered = vec![(first, consumer.context().epoch())];
+            while gathered.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
                     Ok(Ok(message)) => {
                         bytes += message.payload().map_or(0, <[u8]>::len);
-                        batch.push(message.detach());
+                        gathered.push((message.detach(), consumer.context().epoch()));
                     }
                     _ => break,
                 }
+            }
+            // Records of a partition revoked while the batch was gathered are its new owner's
+            // (or, re-assigned, read again from the committed offset): not processed here.
+            let revocations = consumer.context().take();
+            let received = gathered.len();
+            let batch: Vec<OwnedMessage> = gathered
+                .into_iter()
+                .filter(|(message, epoch)| {
+                    let partition = (message.topic().to_owned(), message.partition());
+                    !rebalance::is_stale(&partition, *epoch, &revocations)
+                })
+                .map(|(message, _)| message)
+                .collect();
+            if batch.len() < received {
+                tracing::info!(
+                    dropped = received - batch.len(),
+                    "records of revoked partitions left to their new owner"
+                );
+                metrics::counter!("sluice_worker_revoked_records_total")
+                    .increment((received - batch.len()) as u64);
+            }
+            if batch.is_empty() {
+                continue;
             }
 
             // One span per record (OpenTelemetry's messaging conventions), a child of the

@@ -7,6 +7,8 @@
 //! - [`consumer`]: the Kafka side: a read_committed consumer group member that runs each batch
 //!   of records through the indexer and commits their completion events together with the
 //!   consumed offsets in one transaction.
+//! - [`rebalance`]: the group's revocations, so that a worker never commits records of a
+//!   partition it no longer holds.
 //! - [`shared`]: what a process opens at start (model, vector store, database, schemas).
 //! - [`health`]: `/livez`, `/readyz`, `/healthz` and `/metrics` on the worker's health port,
 //!   and the model check and metrics handler the gateway's health port shares.
@@ -19,6 +21,7 @@ pub mod chunk;
 pub mod consumer;
 pub mod health;
 pub mod indexer;
+pub mod rebalance;
 pub mod shared;
 
 pub use consumer::{Pause, Worker, WorkerHandle};

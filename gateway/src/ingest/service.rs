@@ -77,34 +77,10 @@ impl IngestApi {
             .idempotency
             .turn(tenant, records, &idempotency_keys)
             .await;
-        // Then the keys are claimed across gateways; while another gateway writes one of
-        // them, its ingestion is looked for again until it is recorded.
-        let waiting_since = Instant::now();
-        let claims = loop {
-            if let Some(first) = self
-                .idempotency
-                .repeated(tenant, records, &idempotency_keys)
-                .await
-                .map_err(status::database)?
-            {
-                return Ok(first.iter().map(to_proto).collect());
-            }
-            match self
-                .idempotency
-                .claim(tenant, records, &idempotency_keys)
-                .await
-                .map_err(status::database)?
-            {
-                Claimed::Mine(claims) => break claims,
-                Claimed::Elsewhere if waiting_since.elapsed() < CLAIM_WAIT => {
-                    tokio::time::sleep(CLAIM_POLL).await
-                }
-                Claimed::Elsewhere => return Err(status::written_elsewhere()),
-            }
-        };
-        // Writing and recording run on their own task: a client that gives up (drops the
-        // call) after the Kafka commit must not stop the idempotency key being recorded, or
-        // its retry would write a second record. The turn is held until both are done.
+        // From the lookup to the recording everything runs on its own task: a client that
+        // gives up (drops the call) must not leave a claimed key without its write, nor a
+        // committed write without its key recorded (its retry would write a second record).
+        // The turn is held until all of it is done.
         let write = Write {
             appender: self.appender.clone(),
             recorder: self.recorder.clone(),
@@ -120,11 +96,7 @@ impl IngestApi {
         tokio::spawn(
             async move {
                 let _turn = turn;
-                let written = write.run(&tenant, &records, idempotency_keys).await;
-                if written.is_err() {
-                    write.idempotency.release(&tenant, &claims).await;
-                }
-                written
+                write.accept(&tenant, &records, idempotency_keys).await
             }
             .in_current_span(),
         )
@@ -220,6 +192,45 @@ struct Write {
 }
 
 impl Write {
+    /// The earlier ingestions when this repeats a request; else claims the keys across
+    /// gateways (while another gateway writes one of them, its ingestion is looked for again
+    /// until it is recorded), writes, and gives the keys back if the write failed.
+    async fn accept(
+        &self,
+        tenant: &TenantId,
+        records: &[DocumentRecord],
+        idempotency_keys: Vec<Option<String>>,
+    ) -> Result<Vec<Ingestion>, Status> {
+        let waiting_since = Instant::now();
+        let claims = loop {
+            if let Some(first) = self
+                .idempotency
+                .repeated(tenant, records, &idempotency_keys)
+                .await
+                .map_err(status::database)?
+            {
+                return Ok(first.iter().map(to_proto).collect());
+            }
+            match self
+                .idempotency
+                .claim(tenant, records, &idempotency_keys)
+                .await
+                .map_err(status::database)?
+            {
+                Claimed::Mine(claims) => break claims,
+                Claimed::Elsewhere if waiting_since.elapsed() < CLAIM_WAIT => {
+                    tokio::time::sleep(CLAIM_POLL).await
+                }
+                Claimed::Elsewhere => return Err(status::written_elsewhere()),
+            }
+        };
+        let written = self.run(tenant, records, idempotency_keys).await;
+        if written.is_err() {
+            self.idempotency.release(tenant, &claims).await;
+        }
+        written
+    }
+
     async fn run(
         &self,
         tenant: &TenantId,
