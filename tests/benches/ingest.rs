@@ -9,11 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_core::proto::ingest_service_client::IngestServiceClient;
-use sluice_core::proto::{IngestBatchRequest, IngestRequest};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde_json::json;
+use sluice_client::{Client, Document};
 use sluice_core::tenants::{Quotas, Tenants};
 use sluice_gateway::server::{Gateway, Shared};
-use sluice_tests::{as_tenant, document, tenant_id, test_config, Broker, Database};
+use sluice_tests::{tenant_id, test_config, Broker, Database};
 
 const CALLS_PER_LEVEL: usize = 400;
 
@@ -42,13 +44,14 @@ async fn main() {
     let gateway = Gateway::start(&config, shared)
         .await
         .expect("start gateway");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = IngestServiceClient::new(channel);
+    // Through the Rust SDK, as a tenant developer would send them (a fresh idempotency key per
+    // call; no retries are needed here, so none happen).
+    let client = Client::builder(format!("http://{}", gateway.grpc_addr))
+        .dev_tenant("bench")
+        .build()
+        .expect("client");
     let text = "Sluice benchmark document. ".repeat(40);
+    let fields = |text: &str| json!({"title": "Bench", "text": text, "source": "bench"});
 
     println!(
         "Ingest against nisshi on loopback, {CALLS_PER_LEVEL} calls per level, ~1 KiB documents"
@@ -61,25 +64,17 @@ async fn main() {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for worker in 0..concurrency {
-            let mut client = client.clone();
-            let text = text.clone();
+            let client = client.clone();
+            let fields = fields(&text);
             let calls = CALLS_PER_LEVEL / concurrency;
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(calls);
                 for i in 0..calls {
-                    let request = as_tenant(
-                        "bench",
-                        IngestRequest {
-                            document: Some(document(
-                                &format!("c{concurrency}-w{worker}-{i}"),
-                                "Bench",
-                                &text,
-                            )),
-                            ..Default::default()
-                        },
-                    );
                     let t = Instant::now();
-                    client.ingest(request).await.expect("ingest");
+                    client
+                        .ingest(format!("c{concurrency}-w{worker}-{i}"), &fields)
+                        .await
+                        .expect("ingest");
                     latencies.push(t.elapsed());
                 }
                 latencies
@@ -91,6 +86,23 @@ async fn main() {
         }
         report(&concurrency.to_string(), latencies, started.elapsed(), 1);
     }
+    // Concurrent calls share transactions (group commit): how many per transaction.
+    let metrics = sluice_core::metrics::render();
+    let sum = |suffix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "sluice_gateway_group_commit_requests_per_batch{suffix}"
+                ))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    println!(
+        "group commit: {:.1} requests per transaction on average over these levels",
+        sum("_sum") / sum("_count").max(1.0)
+    );
 
     println!();
     println!("IngestBatch, one transaction per call");
@@ -98,44 +110,109 @@ async fn main() {
         "{:>12} {:>12} {:>10} {:>10} {:>10}",
         "batch size", "docs/s", "p50 ms", "p99 ms", "max ms"
     );
+    let mut through_sluice = Vec::new();
     for size in [10usize, 100, 500] {
-        let mut client = client.clone();
         let calls = (2000 / size).clamp(4, 40);
         let started = Instant::now();
         let mut latencies = Vec::with_capacity(calls);
         for call in 0..calls {
-            let documents = (0..size)
-                .map(|i| document(&format!("b{size}-{call}-{i}"), "Bench", &text))
+            let documents: Vec<Document> = (0..size)
+                .map(|i| Document::new(format!("b{size}-{call}-{i}"), fields(&text)))
                 .collect();
             let t = Instant::now();
             client
-                .ingest_batch(as_tenant(
-                    "bench",
-                    IngestBatchRequest {
-                        documents,
-                        ..Default::default()
-                    },
-                ))
+                .ingest_many(documents)
+                .batch_size(size)
                 .await
                 .expect("batch");
             latencies.push(t.elapsed());
         }
-        report(&size.to_string(), latencies, started.elapsed(), size);
+        through_sluice.push(report(
+            &size.to_string(),
+            latencies,
+            started.elapsed(),
+            size,
+        ));
     }
+
+    // The anchor: a bare rdkafka transactional producer writing as many records of the same
+    // size per transaction to the same topic, one transaction at a time.
+    println!();
+    println!("bare rdkafka, transactions of the same size (the anchor)");
+    println!(
+        "{:>12} {:>12} {:>10} {:>10} {:>10} {:>12}",
+        "batch size", "docs/s", "p50 ms", "p99 ms", "max ms", "Sluice/raw"
+    );
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("transactional.id", "bench-raw")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("raw producer");
+    tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))
+        .expect("init transactions");
+    // The size of what the gateway writes for one document: its Avro record and headers.
+    let payload = vec![b'x'; text.len() + 300];
+    let topic = config.kafka.documents_topic.clone();
+    for (size, sluice_rate) in [10usize, 100, 500].into_iter().zip(through_sluice) {
+        let calls = (2000 / size).clamp(4, 40);
+        let started = Instant::now();
+        let mut latencies = Vec::with_capacity(calls);
+        for call in 0..calls {
+            let t = Instant::now();
+            tokio::task::block_in_place(|| producer.begin_transaction()).expect("begin");
+            let sends = (0..size).map(|i| {
+                let key = format!("raw-{size}-{call}-{i}");
+                let (producer, payload, topic) = (&producer, &payload, &topic);
+                async move {
+                    let record = FutureRecord::to(topic).key(&key).payload(payload);
+                    producer.send(record, Timeout::Never).await
+                }
+            });
+            for sent in futures::future::join_all(sends).await {
+                sent.map_err(|(error, _)| error).expect("send");
+            }
+            tokio::task::block_in_place(|| producer.commit_transaction(Duration::from_secs(30)))
+                .expect("commit");
+            latencies.push(t.elapsed());
+        }
+        report_with(
+            &size.to_string(),
+            latencies,
+            started.elapsed(),
+            size,
+            |rate| format!("{:>12.2}", sluice_rate / rate),
+        );
+    }
+    println!("(goal: IngestBatch ≥ 0.90 of the bare producer)");
     gateway.shutdown().await;
 }
 
-fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration, docs_per_call: usize) {
+/// Prints a line of the table; returns documents/s.
+fn report(label: &str, latencies: Vec<Duration>, elapsed: Duration, docs_per_call: usize) -> f64 {
+    report_with(label, latencies, elapsed, docs_per_call, |_| String::new())
+}
+
+fn report_with(
+    label: &str,
+    mut latencies: Vec<Duration>,
+    elapsed: Duration,
+    docs_per_call: usize,
+    extra: impl Fn(f64) -> String,
+) -> f64 {
     latencies.sort();
     let at = |q: f64| {
         latencies[((latencies.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
     };
     let docs = latencies.len() * docs_per_call;
+    let rate = docs as f64 / elapsed.as_secs_f64();
     println!(
-        "{label:>12} {:>12.1} {:>10.1} {:>10.1} {:>10.1}",
-        docs as f64 / elapsed.as_secs_f64(),
+        "{label:>12} {rate:>12.1} {:>10.1} {:>10.1} {:>10.1} {}",
         at(0.50),
         at(0.99),
-        at(1.0)
+        at(1.0),
+        extra(rate)
     );
+    rate
 }

@@ -235,6 +235,20 @@ pub async fn apply_completion(
     Ok(changes)
 }
 
+/// The latest event of one ingestion in the log, if any.
+pub async fn latest_event_of(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    ingestion_id: &str,
+) -> Result<Option<event::Model>, DbErr> {
+    event::Entity::find()
+        .filter(event::Column::Tenant.eq(tenant))
+        .filter(event::Column::IngestionId.eq(ingestion_id))
+        .order_by_desc(event::Column::TenantSeq)
+        .one(db)
+        .await
+}
+
 /// One ingestion of one tenant; another tenant's id finds nothing.
 pub async fn get(
     db: &impl ConnectionTrait,

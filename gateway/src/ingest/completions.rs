@@ -3,8 +3,9 @@
 //! Every gateway instance reads every completion (its own consumer group), because any
 //! instance may hold the watch stream or waiting call an event is for. The database update is
 //! first-terminal-wins, so duplicates (several gateways, a broker that shows aborted records,
-//! redelivery after a restart) end each ingestion once, and only the delivery that ended it
-//! is published.
+//! redelivery after a restart) end each ingestion once in the log. Every delivery wakes this
+//! gateway's waiters, though: with several gateways on one database, another gateway may have
+//! recorded the end first.
 
 use sluice_core::telemetry::Chain;
 use std::time::Duration;
@@ -103,10 +104,29 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
         .expect("retried without limit");
     metrics::histogram!("sluice_gateway_database_duration_seconds", "operation" => "apply_completion")
         .record(started.elapsed().as_secs_f64());
+    // Already ended: a duplicate, or another gateway sharing the database recorded it first.
+    // This gateway's waiting calls and watch streams must hear of it all the same (they may be
+    // waiting for exactly this), so its end is handed on again; a watch stream reads the log
+    // from its cursor, so nobody sees an event twice.
+    let mut ended_elsewhere = None;
     if changes.is_empty() {
-        tracing::debug!(ingestion_id = %completion.ingestion_id, "duplicate completion ignored");
+        match projection::latest_event_of(db, &completion.tenant, &completion.ingestion_id).await {
+            Ok(Some(event)) => {
+                let ingestion = to_proto(&event.ingestion());
+                if crate::ingest::hub::is_terminal(&ingestion) {
+                    ended_elsewhere = Some((event.tenant, event.tenant_seq, ingestion));
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "cannot read an ended ingestion; its waiters recheck at their deadline")
+            }
+        }
     }
     let _wake = tracing::info_span!("wake watchers", events = changes.len()).entered();
+    if let Some((tenant, seq, ingestion)) = ended_elsewhere {
+        hub.publish(&tenant, seq, ingestion);
+    }
     for change in changes {
         hub.publish(&change.row.tenant, change.seq, to_proto(&change.row));
     }
