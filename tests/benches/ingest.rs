@@ -186,6 +186,37 @@ async fn main() {
         );
     }
     println!("(goal: IngestBatch ≥ 0.90 of the bare producer)");
+    // Where a gateway call's time goes, from its own metrics (all of the above together).
+    let metrics = sluice_core::metrics::render();
+    let mut stages: Vec<(String, f64, f64)> = Vec::new();
+    for line in metrics.lines() {
+        for (name, suffix) in [
+            ("sluice_gateway_database_duration_seconds", "_sum"),
+            ("sluice_gateway_transaction_duration_seconds", "_sum"),
+        ] {
+            let Some(rest) = line.strip_prefix(&format!("{name}{suffix}")) else {
+                continue;
+            };
+            let (labels, value) = rest.rsplit_once(' ').unwrap_or(("", "0"));
+            let count_line = format!("{name}_count{labels} ");
+            let count = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&count_line)?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            stages.push((
+                format!("{name}{labels}"),
+                value.parse().unwrap_or(0.0),
+                count,
+            ));
+        }
+    }
+    println!("gateway stages (mean per call):");
+    for (stage, sum, count) in stages {
+        println!(
+            "  {stage:<80} {:>8.2} ms over {count:>6.0}",
+            1000.0 * sum / count.max(1.0)
+        );
+    }
     gateway.shutdown().await;
 }
 

@@ -24,7 +24,11 @@ pub fn qdrant_url(test: &str) -> Option<String> {
     match std::env::var("SLUICE_TEST_QDRANT_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!(
+            // Straight to the process's stderr: the test harness would swallow `eprintln!`
+            // of a test that passes, and a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n*** SKIPPED {test}: no Qdrant server. Set SLUICE_TEST_QDRANT_URL to one's gRPC \
                  URL (e.g. http://127.0.0.1:6334) to run the server-store tests. ***\n"
             );
