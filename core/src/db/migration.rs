@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(AddRequestsPerSecond),
             Box::new(CreateIdempotencyClaims),
             Box::new(CreateQuotaBuckets),
+            Box::new(IndexIdempotencyKeys),
         ]
     }
 }
@@ -585,6 +586,33 @@ impl MigrationTrait for CreateQuotaBuckets {
                             .col(QuotaBuckets::Tenant)
                             .col(QuotaBuckets::Kind),
                     )
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Looking a request's idempotency keys up (every keyed write does) reads only the rows with
+/// those keys, not every ingestion of the tenant.
+struct IndexIdempotencyKeys;
+
+impl MigrationName for IndexIdempotencyKeys {
+    fn name(&self) -> &str {
+        "m20261218_000008_index_idempotency_keys"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for IndexIdempotencyKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("ingestions_tenant_idempotency_key")
+                    .table(Ingestions::Table)
+                    .col(Ingestions::Tenant)
+                    .col(Ingestions::IdempotencyKey)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await
