@@ -15,7 +15,7 @@ use serde_json::json;
 use sluice_client::{Client, Document};
 use sluice_core::tenants::{Quotas, Tenants};
 use sluice_gateway::server::{Gateway, Shared};
-use sluice_tests::{tenant_id, test_config, Broker, Database};
+use sluice_tests::{metric_sum, tenant_id, test_config, Broker, Database};
 
 const CALLS_PER_LEVEL: usize = 400;
 
@@ -88,16 +88,12 @@ async fn main() {
     }
     // Concurrent calls share transactions (group commit): how many per transaction.
     let metrics = sluice_core::metrics::render();
-    let sum = |suffix: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!(
-                    "sluice_gateway_group_commit_requests_per_batch{suffix}"
-                ))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let sum = |suffix: &str| {
+        metric_sum(
+            &metrics,
+            &format!("sluice_gateway_group_commit_requests_per_batch{suffix}"),
+            &[],
+        )
     };
     println!(
         "group commit: {:.1} requests per transaction on average over these levels",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_client::{Client, Document, IngestionState};
-use sluice_tests::{Database, Stack};
+use sluice_tests::{metric_sum, Database, Stack};
 
 const DOCUMENTS: usize = 400;
 const ROUNDS: usize = 3;
@@ -178,13 +178,7 @@ async fn main() {
     );
     // Where the worker's time went, from its own metrics (every round together).
     let metrics = sluice_core::metrics::render();
-    let total = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let total = |name: &str| metric_sum(&metrics, name, &[]);
     println!("worker stages, in all rounds:");
     for (stage, name) in [
         (

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sluice_core::proto::{document::Payload, Document, IngestBatchRequest, IngestRequest};
-use sluice_tests::{as_tenant, document, ended, eventually, http_get, Database, Stack};
+use sluice_tests::{as_tenant, document, ended, eventually, http_get, metric_sum, Database, Stack};
 
 /// The value of the series `name{labels}` (labels as written, in order), or 0.
 fn value(text: &str, series: &str) -> f64 {
@@ -14,17 +14,6 @@ fn value(text: &str, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Every series of `name` whose labels contain all of `labels`, summed.
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .filter(|line| labels.iter().all(|l| line.contains(l)))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +106,7 @@ async fn metrics_count_what_a_tenant_did() {
         ) > 0.0
     );
     assert!(
-        sum(
+        metric_sum(
             &text,
             "sluice_grpc_server_requests_total",
             &[
@@ -127,7 +116,7 @@ async fn metrics_count_what_a_tenant_did() {
         ) >= 1.0
     );
     assert!(
-        sum(
+        metric_sum(
             &text,
             "sluice_grpc_server_duration_seconds_count",
             &[
@@ -137,22 +126,22 @@ async fn metrics_count_what_a_tenant_did() {
         ) >= 1.0
     );
     assert!(
-        sum(
+        metric_sum(
             &text,
             "sluice_gateway_refusals_total",
             &["reason=\"invalid\""]
         ) >= 1.0
     );
     assert!(
-        sum(
+        metric_sum(
             &text,
             "sluice_gateway_transaction_duration_seconds_count",
             &[]
         ) >= 1.0
     );
-    assert!(sum(&text, "sluice_worker_embedding_duration_seconds_count", &[]) >= 1.0);
+    assert!(metric_sum(&text, "sluice_worker_embedding_duration_seconds_count", &[]) >= 1.0);
     assert!(
-        sum(
+        metric_sum(
             &text,
             "sluice_worker_ingest_to_completed_seconds_count",
             &[]
@@ -172,7 +161,8 @@ async fn metrics_count_what_a_tenant_did() {
                     l.starts_with("sluice_consumer_lag_offsets{") && l.contains(&group_label)
                 })
                 .count();
-            (partitions == 3 && sum(&text, "sluice_consumer_lag_offsets", &[&group_label]) == 0.0)
+            (partitions == 3
+                && metric_sum(&text, "sluice_consumer_lag_offsets", &[&group_label]) == 0.0)
                 .then_some(text)
         }
     })

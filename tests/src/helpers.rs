@@ -158,3 +158,15 @@ pub async fn ingest_batch(
         .map(|ingestion| ingestion.ingestion_id)
         .collect()
 }
+
+/// The sum of a metric's samples in a Prometheus text exposition: every series of `name`
+/// whose labels contain each of `labels` (`tenant="acme"`, say).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
