@@ -274,7 +274,9 @@ impl Gateway {
                     let incoming =
                         TcpListenerStream::new(grpc_listener).filter_map(move |accepted| {
                             match accepted {
-                                Ok(tcp) => connections.admit().map(|p| Ok(Counted::new(tcp, p))),
+                                Ok(tcp) => {
+                                    connections.admit(&tcp).map(|p| Ok(Counted::new(tcp, p)))
+                                }
                                 Err(error) => Some(Err(error)),
                             }
                         });

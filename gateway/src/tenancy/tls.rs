@@ -201,7 +201,7 @@ pub fn incoming(
                 },
             };
             // A connection over the limit is closed before its handshake costs anything.
-            let Some(permit) = connections.admit() else {
+            let Some(permit) = connections.admit(&tcp) else {
                 drop(tcp);
                 continue;
             };
