@@ -157,6 +157,40 @@ install_go_sdk_tools() {
   command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || die "the Go SDK's tools installed but are not on PATH"
 }
 
+# The embedding benchmark's anchors (embed/benches/anchors.py): sentence-transformers on PyTorch
+# and ONNX Runtime, fp32 on the CPU, in a venv of their own. Only the benchmark uses them, so
+# install_all leaves them out; `deploy/dev/install --anchors` installs them. The model comes from
+# $SLUICE_MODEL_DIR (install_model), exported once to ONNX; nothing is fetched from a model hub.
+ANCHORS_VENV="$SLUICE_CACHE/anchors"
+ANCHORS_PACKAGES="torch==2.15.0 sentence-transformers==6.2.0 transformers==5.24.0 onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6"
+export SLUICE_ANCHORS_PYTHON="${SLUICE_ANCHORS_PYTHON:-$ANCHORS_VENV/bin/python}"
+export SLUICE_ANCHORS_ONNX="${SLUICE_ANCHORS_ONNX:-$ANCHORS_VENV/all-MiniLM-L6-v2.onnx}"
+install_anchors() {
+  command -v python3 >/dev/null || die "python3 (with venv and pip) is required"
+  install_model
+  # shellcheck disable=SC2086 # one argument per pinned package
+  if ! "$SLUICE_ANCHORS_PYTHON" - $ANCHORS_PACKAGES 2>/dev/null <<'EOF'
+import importlib.metadata as metadata, sys
+sys.exit(any(metadata.version(name) != version for name, version in (p.split("==") for p in sys.argv[1:])))
+EOF
+  then
+    say "installing the benchmark's anchors into $ANCHORS_VENV: $ANCHORS_PACKAGES (5 GB)"
+    python3 -m venv "$ANCHORS_VENV" || die "python3 -m venv $ANCHORS_VENV failed"
+    # PyPI's only Linux torch is the CUDA build: it does not import without its nvidia-* libraries
+    # (3 GB), but runs on the CPU without triton, its GPU kernel compiler (1 GB), so that goes.
+    # shellcheck disable=SC2086
+    "$SLUICE_ANCHORS_PYTHON" -m pip install --quiet --no-cache-dir $ANCHORS_PACKAGES \
+      || die "pip install of the anchors failed"
+    "$SLUICE_ANCHORS_PYTHON" -m pip uninstall --quiet --yes triton || die "pip uninstall triton failed"
+    rm -f "$SLUICE_ANCHORS_ONNX" # exported by the previous versions, if any
+  fi
+  if [ ! -s "$SLUICE_ANCHORS_ONNX" ]; then
+    say "exporting all-MiniLM-L6-v2 to $SLUICE_ANCHORS_ONNX"
+    "$SLUICE_ANCHORS_PYTHON" "$(dirname "${BASH_SOURCE[0]}")/../../embed/benches/anchors.py" \
+      --export "$SLUICE_MODEL_DIR" "$SLUICE_ANCHORS_ONNX" || die "exporting the model to ONNX failed"
+  fi
+}
+
 install_all() {
   command -v cargo >/dev/null || die "cargo is required"
   command -v python3 >/dev/null || die "python3 (with pip) is required"

@@ -12,7 +12,9 @@
 //! - [`kernels`]: the element-wise loops and attention, compiled for AVX2/FMA when the CPU has them.
 //! - [`pool`]: running those loops on every core (rayon's pool, the one candle's matrix
 //!   multiplications use).
-//! - `benches/embedding.rs`: tokens/s at batch 1, 8 and 32.
+//! - `benches/embedding.rs`: tokens/s at batch 1, 8 and 32, on 256-token chunks and short
+//!   documents, beside sentence-transformers and ONNX Runtime when they are installed
+//!   (`benches/anchors.py`, `deploy/dev/install --anchors`).
 //!
 //! # Why the encoder is written out here
 //!
