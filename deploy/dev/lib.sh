@@ -202,3 +202,101 @@ install_all() {
   install_go_sdk_tools
   install_broker
 }
+
+# --- The local stack (deploy/dev/up and deploy/dev/down) ----------------------------------------
+
+# Is the process named $1 (pid file $STATE/$1.pid) running?
+dev_running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+# Does something listen on host:port $1?
+dev_port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
+
+# Starts the nisshi broker on 127.0.0.1:$1 with its data in $STATE/broker.db, unless it runs.
+dev_start_broker() {
+  local port="$1"
+  if dev_running broker; then
+    say "broker already running (pid $(cat "$STATE/broker.pid"))"
+    return
+  fi
+  dev_port_open "127.0.0.1:$port" && die "port $port is taken by another process; set SLUICE_DEV_KAFKA_PORT"
+  say "starting the nisshi broker on 127.0.0.1:$port (data in $STATE/broker.db)"
+  # nisshi resolves sqlite:// paths against its working directory.
+  (cd "$STATE" && { "$NISSHI_BIN" broker \
+      --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "sqlite://broker.db" --group-initial-rebalance-delay 500ms \
+      >broker.log 2>&1 & echo $! >broker.pid; })
+  for _ in $(seq 100); do dev_port_open "127.0.0.1:$port" && break; sleep 0.2; done
+  dev_port_open "127.0.0.1:$port" || die "the broker did not start; see $STATE/broker.log"
+}
+
+# Starts the process named $1 (the rest: its command line) in the background with its log in
+# $STATE/$1.log, unless it runs. The environment passes through (use `env X=Y cmd`).
+dev_start() {
+  local name="$1"; shift
+  if dev_running "$name"; then
+    say "$name already running (pid $(cat "$STATE/$name.pid"))"
+    return
+  fi
+  "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+}
+
+# Waits (up to 2 minutes) until the process named $1 answers 200 on URL $2.
+dev_wait_healthy() {
+  local name="$1" url="$2"
+  for _ in $(seq 240); do
+    curl -sf "$url" >/dev/null && return
+    dev_running "$name" || die "$name exited; see $STATE/$name.log"
+    sleep 0.5
+  done
+  die "$name is not healthy; see $STATE/$name.log and curl $url"
+}
+
+# The development CA, the gateway's certificate, tenant $TENANT and its client certificate, in
+# $TLS (made once; never committed). `admin` is the caller's sluice-admin with its database.
+dev_tenant_and_certificates() {
+  if [ ! -s "$TLS/ca.pem" ]; then
+    say "making a development CA and the gateway's certificate in $TLS"
+    admin cert init-ca --out "$TLS" >/dev/null || die "cannot make the CA"
+    admin cert server --ca-dir "$TLS" --out "$TLS" --name localhost --name 127.0.0.1 >/dev/null \
+      || die "cannot make the server certificate"
+  fi
+  if ! admin tenant show "$TENANT" >/dev/null 2>&1; then
+    say "registering tenant $TENANT"
+    admin tenant create "$TENANT" --name "Demo tenant" >/dev/null || die "cannot create tenant $TENANT"
+  fi
+  if [ ! -s "$TLS/$TENANT.pem" ]; then
+    say "issuing a client certificate for tenant $TENANT"
+    admin cert client "$TENANT" --ca-dir "$TLS" --out "$TLS" >/dev/null || die "cannot issue the client certificate"
+  fi
+  CERTS="-cacert $TLS/ca.pem -cert $TLS/$TENANT.pem -key $TLS/$TENANT-key.pem"
+}
+
+# grpcurl as tenant $TENANT.
+# shellcheck disable=SC2086 # CERTS is meant to split into flags
+grpc() { "$GRPCURL_BIN" $CERTS "$@"; }
+
+# Ingests deploy/dev/samples.json through gateway $1 (host:port), waiting for each to be indexed.
+dev_ingest_samples() {
+  local addr="$1" log="$2"
+  say "ingesting three sample documents through $addr (tenant $TENANT, waiting for each to be indexed)"
+  python3 - "$(dirname "${BASH_SOURCE[0]}")/samples.json" <<'PY' >"$STATE/samples.requests"
+import json, sys
+for doc in json.load(open(sys.argv[1])):
+    payload = {"title": doc["title"], "text": doc["text"], "source": "deploy/dev/samples.json"}
+    print(json.dumps({"document": {"documentId": doc["id"], "avroJson": json.dumps(payload),
+                                   "attributes": {"kind": "sample"}}, "wait": True}))
+PY
+  while IFS= read -r request; do
+    grpc -max-time 120 -d "$request" "$addr" sluice.v1.IngestService/Ingest \
+      | python3 -c 'import json,sys; i=json.load(sys.stdin)["ingestion"]; print("  %-10s %s, %s chunk(s), ingestion %s" % (i["documentId"], i["state"], i.get("chunkCount", 0), i["ingestionId"]))' \
+      || die "ingest failed; see $log"
+  done <"$STATE/samples.requests"
+}
+
+# Searches through gateway $1 and prints the hits.
+dev_search() {
+  local addr="$1" query="how do glaciers shape the land"
+  say "searching through $addr: \"$query\""
+  grpc -d "{\"query\": \"$query\", \"topK\": 3}" "$addr" sluice.v1.SearchService/Search \
+    | python3 -c 'import json,sys; [print("  %.3f  %-10s %s" % (h["score"], h["documentId"], h["text"][:70] + "...")) for h in json.load(sys.stdin).get("hits", [])]'
+}
