@@ -1,6 +1,8 @@
 //! The worker against its own model: documents/s end to end (IngestBatch through the gateway
-//! until every document is INDEXED, on the standalone stack: broker, SQLite, the embedded
-//! store) beside the embedder alone on the same texts, in one run.
+//! until every document is INDEXED) beside the embedder alone on the same texts, in one run.
+//! First on the standalone stack (broker, SQLite, the embedded store, one process); then, when
+//! `SLUICE_TEST_QDRANT_URL` names a Qdrant server, on the distributed shape: a gateway process
+//! and a `sluice-worker` process on PostgreSQL and that server.
 //!
 //! `cargo bench -p sluice-tests --bench pipeline --profile dev` (reuses the test build)
 //!
@@ -9,11 +11,13 @@
 //! ≥ 90% of the embedder's own throughput (decoding, chunking, the store and the Kafka
 //! transactions cost ≤ 10%). Peak RSS is the whole process (gateway and worker together).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_client::{Client, Document, IngestionState};
-use sluice_tests::{metric_sum, Database, Stack};
+use sluice_embed::Embedder;
+use sluice_tests::{metric_sum, qdrant_url, test_collection, Cluster, Database, Stack};
 
 const DOCUMENTS: usize = 400;
 const ROUNDS: usize = 3;
@@ -91,18 +95,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let stack = Stack::start(Database::Sqlite).await;
@@ -114,7 +106,73 @@ async fn main() {
         .wait_timeout(Duration::from_secs(600))
         .build()
         .expect("client");
+    println!("standalone: one process, the embedded store");
+    rounds(&sluice, &embedder).await;
+    println!(
+        "peak RSS of the standalone process: {:.0} MB",
+        sluice_tests::peak_rss_mb("/proc/self/status").unwrap_or(0.0)
+    );
+    // Where the worker's time went, from its own metrics (every round together).
+    let metrics = sluice_core::metrics::render();
+    let total = |name: &str| metric_sum(&metrics, name, &[]);
+    println!("worker stages, in all rounds:");
+    for (stage, name) in [
+        (
+            "embed (per batch)",
+            "sluice_worker_embedding_duration_seconds",
+        ),
+        (
+            "upsert (per batch)",
+            "sluice_worker_upsert_duration_seconds",
+        ),
+        (
+            "commit (per batch)",
+            "sluice_worker_commit_duration_seconds",
+        ),
+    ] {
+        let (sum, count) = (
+            total(&format!("{name}_sum")),
+            total(&format!("{name}_count")),
+        );
+        println!(
+            "  {stage:<22} {sum:>7.2} s over {count:>5.0} ({:.1} ms each)",
+            1000.0 * sum / count.max(1.0)
+        );
+    }
+    stack.shutdown().await;
 
+    let Some(url) = qdrant_url("the pipeline bench on a Qdrant server") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path(), &url, &test_collection("pipeline")).await;
+    cluster.create_tenant("bench").await;
+    cluster.add_gateway().await;
+    cluster.add_worker().await;
+    let channel = cluster.channel(0, "bench").await;
+    let sluice = Client::builder(format!(
+        "https://127.0.0.1:{}",
+        cluster.gateways[0].grpc.expect("a gateway")
+    ))
+    .batch_size(BATCH)
+    .wait_timeout(Duration::from_secs(600))
+    .build_with_channel(channel)
+    .expect("client");
+    println!();
+    println!("distributed: a gateway process and a sluice-worker process, PostgreSQL, the Qdrant server at {url}");
+    rounds(&sluice, &embedder).await;
+    let rss = |member: &sluice_tests::Member| member.peak_rss_mb().unwrap_or(0.0);
+    println!(
+        "peak RSS: gateway {:.0} MB (goal ≤ 150), worker {:.0} MB (goal ≤ 400)",
+        rss(&cluster.gateways[0]),
+        rss(&cluster.workers[0])
+    );
+    cluster.shutdown().await;
+}
+
+/// Each round's documents through `sluice` until INDEXED, beside `embedder` alone on the same
+/// texts; prints a line per round and the median.
+async fn rounds(sluice: &Client, embedder: &Arc<Embedder>) {
     println!("{DOCUMENTS} documents of 30–120 words, one chunk each; {ROUNDS} rounds");
     println!(
         "{:>6} {:>16} {:>16} {:>14} {:>8}",
@@ -172,36 +230,4 @@ async fn main() {
         "",
         piped / alone
     );
-    println!(
-        "peak RSS of the standalone process: {:.0} MB",
-        peak_rss_mb()
-    );
-    // Where the worker's time went, from its own metrics (every round together).
-    let metrics = sluice_core::metrics::render();
-    let total = |name: &str| metric_sum(&metrics, name, &[]);
-    println!("worker stages, in all rounds:");
-    for (stage, name) in [
-        (
-            "embed (per batch)",
-            "sluice_worker_embedding_duration_seconds",
-        ),
-        (
-            "upsert (per batch)",
-            "sluice_worker_upsert_duration_seconds",
-        ),
-        (
-            "commit (per batch)",
-            "sluice_worker_commit_duration_seconds",
-        ),
-    ] {
-        let (sum, count) = (
-            total(&format!("{name}_sum")),
-            total(&format!("{name}_count")),
-        );
-        println!(
-            "  {stage:<22} {sum:>7.2} s over {count:>5.0} ({:.1} ms each)",
-            1000.0 * sum / count.max(1.0)
-        );
-    }
-    stack.shutdown().await;
 }

@@ -126,6 +126,12 @@ impl Member {
         self.child.is_some()
     }
 
+    /// The process's peak resident memory so far (VmHWM), in MB; `None` when not running.
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        crate::peak_rss_mb(&format!("/proc/{pid}/status"))
+    }
+
     /// Waits (bounded) until its health port answers `path` with 200.
     pub async fn wait_for(&self, path: &str, limit: Duration) {
         let deadline = Instant::now() + limit;

@@ -133,3 +133,11 @@ impl Drop for GatewayProcess {
         self.kill();
     }
 }
+
+/// A process's peak resident memory (VmHWM) in MB, from its `/proc/<pid>/status` file.
+pub fn peak_rss_mb(status_file: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
