@@ -229,9 +229,7 @@ fn report_with(
     extra: impl Fn(f64) -> String,
 ) -> f64 {
     latencies.sort();
-    let at = |q: f64| {
-        latencies[((latencies.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
-    };
+    let at = |q: f64| sluice_tests::quantile_ms(&latencies, q);
     let docs = latencies.len() * docs_per_call;
     let rate = docs as f64 / elapsed.as_secs_f64();
     println!(

@@ -22,7 +22,7 @@ use sluice_core::vector::edge::EdgeStore;
 use sluice_core::vector::server::QdrantServerStore;
 use sluice_core::vector::{Chunk, IndexedDocument, VectorQuery, VectorStore};
 use sluice_embed::{Embedder, EmbedderOptions};
-use sluice_tests::{drop_collection, model_dir, qdrant_url, test_collection};
+use sluice_tests::{drop_collection, model_dir, qdrant_url, quantile_ms, test_collection};
 
 /// Distinct texts embedded with the model; every chunk vector is derived from them.
 const BASE_TEXTS: usize = 3_000;
@@ -347,11 +347,6 @@ fn exact_top_k(chunks: &[DerivedChunk], queries: &[Vec<f32>]) -> Vec<Vec<usize>>
     })
 }
 
-/// Milliseconds at quantile `q` of sorted durations.
-fn at(sorted: &[Duration], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
-}
-
 /// What one store measured: a row of the table.
 struct Measured {
     store: String,
@@ -570,8 +565,8 @@ fn main() {
     println!(
         "query embedding (not part of the search latency below): p50 {:.1} ms, p99 {:.1} ms \
          over {QUERIES} queries",
-        at(&embedding_times, 0.50),
-        at(&embedding_times, 0.99)
+        quantile_ms(&embedding_times, 0.50),
+        quantile_ms(&embedding_times, 0.99)
     );
 
     let started = Instant::now();
@@ -615,16 +610,16 @@ fn main() {
     );
     for mut row in rows {
         row.latencies.sort();
-        let p99 = at(&row.latencies, 0.99);
+        let p99 = quantile_ms(&row.latencies, 0.99);
         let met = p99 <= 20.0 && row.recall >= 0.95;
         println!(
             "{:<24} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10.3}  {}",
             row.store,
             DOCUMENTS * CHUNKS_PER_DOCUMENT,
-            at(&row.latencies, 0.50),
-            at(&row.latencies, 0.95),
+            quantile_ms(&row.latencies, 0.50),
+            quantile_ms(&row.latencies, 0.95),
             p99,
-            at(&row.latencies, 1.0),
+            quantile_ms(&row.latencies, 1.0),
             row.recall,
             if met { "met" } else { "NOT MET" }
         );

@@ -170,3 +170,9 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
+
+/// Milliseconds at quantile `q` (0 to 1) of `sorted` durations, the nearest rank; the benches'
+/// p50 and p99.
+pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+}
