@@ -14,7 +14,7 @@ use sluice_core::config::Config;
 use sluice_core::schema_registry::builtin::BuiltinRegistry;
 use sluice_core::schema_registry::SchemaCatalog;
 use sluice_core::vector::VectorStore;
-use sluice_embed::{Embedder, EmbedderOptions};
+use sluice_embed::{Embedder, EmbedderOptions, Precision};
 
 /// What a Sluice process opens at start and its parts share: the model, the vector store, the
 /// database and the schema registry. A standalone gateway shares one with its worker.
@@ -87,11 +87,16 @@ async fn model_and_store(config: &Config) -> anyhow::Result<(Arc<Embedder>, Arc<
     sluice_core::schema::limit_decoder_allocations(config.gateway.max_payload_bytes);
     sluice_core::metrics::install(&config.metrics);
     let model = config.model.clone();
+    let precision: Precision = model
+        .precision
+        .parse()
+        .map_err(|err| anyhow::anyhow!("model.precision: {err}"))?;
     let embedder = tokio::task::spawn_blocking(move || {
         Embedder::load(
             &model.dir,
             EmbedderOptions {
                 max_batch: model.max_batch,
+                precision,
                 ..Default::default()
             },
         )
