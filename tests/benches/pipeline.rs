@@ -4,7 +4,8 @@
 //! `SLUICE_TEST_QDRANT_URL` names a Qdrant server, on the distributed shape: a gateway process
 //! and a `sluice-worker` process on PostgreSQL and that server.
 //!
-//! `cargo bench -p sluice-tests --bench pipeline --profile dev` (reuses the test build)
+//! `cargo bench -p sluice-tests --bench pipeline --profile dev` (reuses the test build); with
+//! `SLUICE_MODEL__PRECISION=int8` in front, the same with the int8 model.
 //!
 //! The corpus is the one issue 14 measured: 400 documents of 30–120 words (≈ 100 tokens, one
 //! chunk each). Three rounds; the table shows each and the median. The goal: the worker at
@@ -97,8 +98,16 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let stack = Stack::start(Database::Sqlite).await;
+    // `SLUICE_MODEL__PRECISION=int8` runs both shapes with the int8 model: the standalone stack
+    // is configured here, and the cluster's processes read it from the environment, as every
+    // Sluice process does.
+    let precision = std::env::var("SLUICE_MODEL__PRECISION").unwrap_or_else(|_| "fp32".into());
+    let stack = Stack::start_configured(Database::Sqlite, |config| {
+        config.model.precision = precision.clone();
+    })
+    .await;
     stack.generous_tenant("bench").await;
+    println!("model precision: {precision} (SLUICE_MODEL__PRECISION)");
     let embedder = stack.standalone().shared.embedder.clone();
     let sluice = Client::builder(stack.grpc_url())
         .dev_tenant("bench")
