@@ -27,10 +27,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
-    FieldCondition, FieldIndexOperations, Filter, JsonPath, KeywordIndexParams, Match, NamedQuery,
-    OperationError, PayloadFieldSchema, PayloadSchemaParams, PayloadSchemaType, PointId,
-    PointInsertOperations, PointOperations, PointStruct, PointStructPersisted, QueryEnum,
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, JsonPath, KeywordIndexParams,
+    Match, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, PointStructPersisted, QueryEnum,
     QueryRequest, Range, ScoringQuery, UpdateOperation, ValueVariants, WithPayloadInterface,
     WithVector, DEFAULT_VECTOR_NAME,
 };
@@ -492,12 +492,23 @@ impl VectorStore for EdgeStore {
     }
 }
 
+/// A new store's config: the engine's defaults, except that its optimiser aims at 2 segments
+/// whatever the machine (it would pick one per 2 CPUs, at most 8; stores created before keep
+/// that). A search visits the segments one after the other, and in a small segment a tenant's
+/// points fall under the full-scan threshold and are scanned, so fewer segments search faster:
+/// at 100k chunks on 2 cores, 0.6 ms (p50) with 2 against 4.9 with 8 (on a busier machine).
+/// Writes pay for it: each optimisation rewrites the big segment with the new points (about
+/// 10 s at 100k, against at most 5 s with 8 segments), and writes wait for it.
 fn new_config(dimension: usize) -> EdgeConfig {
     EdgeConfig::builder()
         .vector(
             DEFAULT_VECTOR_NAME,
             EdgeVectorParams::builder(dimension, Distance::Cosine).build(),
         )
+        .optimizers(EdgeOptimizersConfig {
+            default_segment_number: Some(2),
+            ..EdgeOptimizersConfig::default()
+        })
         .build()
 }
 
@@ -808,7 +819,7 @@ fn corrupt_payload(key: &str) -> VectorStoreError {
 mod tests {
     use std::path::PathBuf;
 
-    use qdrant_edge::{EdgeOptimizersConfig, HnswIndexConfig};
+    use qdrant_edge::HnswIndexConfig;
 
     use super::*;
 
