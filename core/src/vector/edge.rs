@@ -4,10 +4,15 @@
 //! - Every call is synchronous and may block on disk, so each runs in `spawn_blocking`.
 //! - [`EdgeShard::load`] does not replay the WAL: a write survives a crash only once the segments
 //!   themselves are flushed. So every write ends with [`EdgeShard::flush`] before it returns.
-//! - `flush` panics (it `try_lock`s the WAL) when a write runs beside it, so writes and flushes
-//!   take `Inner::write_lock`; reads run concurrently with everything.
+//! - `flush` panics (it `try_lock`s the WAL and `try_read`s the segment holder) when a write or
+//!   a segment swap runs beside it, so writes, flushes and optimisations take `Inner::write_lock`;
+//!   reads run concurrently with everything.
 //! - The WAL directory is locked (`flock`) while the shard is open: a second `open` of the same
 //!   directory, in this process or another, fails instead of corrupting it.
+//! - Nothing builds the HNSW index unless [`EdgeShard::optimize`] is called: the engine has no
+//!   background optimiser. This store runs it on a thread of its own each time about an indexing
+//!   threshold's worth of points has been written (`Optimiser`, `Inner::optimise`), so that
+//!   searches walk a graph instead of scanning every vector of the tenant.
 //!
 //! The second half of the file holds what [`super::server`] shares with this store: the payload
 //! written for a chunk, the filters each operation uses, and how a payload reads back as a hit.
@@ -15,15 +20,17 @@
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
-    FieldCondition, FieldIndexOperations, Filter, JsonPath, KeywordIndexParams, Match, NamedQuery,
-    OperationError, PayloadFieldSchema, PayloadSchemaParams, PayloadSchemaType, PointId,
-    PointInsertOperations, PointOperations, PointStruct, PointStructPersisted, QueryEnum,
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, JsonPath, KeywordIndexParams,
+    Match, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, PointStructPersisted, QueryEnum,
     QueryRequest, Range, ScoringQuery, UpdateOperation, ValueVariants, WithPayloadInterface,
     WithVector, DEFAULT_VECTOR_NAME,
 };
@@ -35,17 +42,34 @@ use super::{
 };
 
 /// The vector store embedded in this process. Cheap to share behind an `Arc`.
+///
+/// Dropping it stops its optimiser thread, waiting for an optimisation in progress to finish
+/// (the engine cannot interrupt one), and then closes the shard.
 #[derive(Debug)]
 pub struct EdgeStore {
     inner: Arc<Inner>,
+    /// The optimiser thread; `None` only once `drop` has joined it.
+    optimiser: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
 struct Inner {
     shard: EdgeShard,
     dimension: usize,
-    /// Held by every write and its flush: `EdgeShard::flush` panics if the WAL is busy.
+    /// Held by every write and its flush (`EdgeShard::flush` panics if the WAL is busy), and by
+    /// every optimisation from start to end; see [`Inner::optimise`] for why.
     write_lock: Mutex<()>,
+    optimiser: Optimiser,
+}
+
+/// How much of the store the HNSW index covers, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexCoverage {
+    /// Points in all segments (a point being moved between segments may count twice).
+    pub points: usize,
+    /// Vectors that searches find through an HNSW graph rather than by scanning.
+    pub indexed_vectors: usize,
+    pub segments: usize,
 }
 
 impl EdgeStore {
@@ -53,8 +77,20 @@ impl EdgeStore {
     /// vector of `dimension`). Reopening keeps every point; a store created with another
     /// dimension is refused rather than silently mixed.
     ///
+    /// Starts the store's optimiser thread, which first checks whether the segments already on
+    /// disk need indexing (a store written by an older build does).
+    ///
     /// Blocks on disk: call it at startup, or inside `spawn_blocking`.
     pub fn open(dir: &Path, dimension: usize) -> Result<EdgeStore, VectorStoreError> {
+        EdgeStore::open_with(dir, dimension, new_config(dimension))
+    }
+
+    /// [`EdgeStore::open`], creating a new store with `config` (ignored when `dir` holds one).
+    fn open_with(
+        dir: &Path,
+        dimension: usize,
+        config: EdgeConfig,
+    ) -> Result<EdgeStore, VectorStoreError> {
         let shard = match EdgeConfig::load(dir) {
             Some(config) => {
                 let config = config.map_err(engine_error("read the shard config"))?;
@@ -65,18 +101,52 @@ impl EdgeStore {
                 std::fs::create_dir_all(dir).map_err(|err| {
                     VectorStoreError::other(format!("create {}", dir.display())).caused_by(err)
                 })?;
-                EdgeShard::new(dir, new_config(dimension))
-                    .map_err(engine_error("create the shard"))?
+                EdgeShard::new(dir, config).map_err(engine_error("create the shard"))?
             }
         };
         create_missing_indexes(&shard)?;
+        let threshold = optimise_after_points(&shard.config(), dimension);
+        let inner = Arc::new(Inner {
+            shard,
+            dimension,
+            write_lock: Mutex::new(()),
+            optimiser: Optimiser::new(threshold),
+        });
+        let optimiser = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("edge-optimiser".to_string())
+                .spawn(move || inner.run_optimiser())
+                .map_err(|err| {
+                    VectorStoreError::other("start the optimiser thread").caused_by(err)
+                })?
+        };
         Ok(EdgeStore {
-            inner: Arc::new(Inner {
-                shard,
-                dimension,
-                write_lock: Mutex::new(()),
-            }),
+            inner,
+            optimiser: Some(optimiser),
         })
+    }
+
+    /// Waits until the optimiser has nothing left to do: no optimisation running and none due.
+    /// Points written since the last one, fewer than its threshold, stay in a plain segment.
+    pub async fn wait_for_optimiser(&self) -> Result<(), VectorStoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.optimiser.wait_idle())
+            .await
+            .map_err(join_error)
+    }
+
+    /// How many points the store holds and how many of them the HNSW index covers.
+    pub async fn index_coverage(&self) -> Result<IndexCoverage, VectorStoreError> {
+        self.read(|shard| {
+            let info = shard.info();
+            Ok(IndexCoverage {
+                points: info.points_count,
+                indexed_vectors: info.indexed_vectors_count,
+                segments: info.segments_count,
+            })
+        })
+        .await
     }
 
     /// Runs a read on a blocking thread.
@@ -119,6 +189,176 @@ impl EdgeStore {
     }
 }
 
+impl Drop for EdgeStore {
+    /// Stops the optimiser thread and waits for it, so that no thread holds the shard (and the
+    /// lock on its directory) once the store is gone.
+    fn drop(&mut self) {
+        self.inner.optimiser.stop();
+        if let Some(thread) = self.optimiser.take() {
+            // A panic in the thread has been reported by the panic hook already.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    /// The optimiser thread: runs an optimisation each time one is due, until stopped.
+    fn run_optimiser(&self) {
+        while self.optimiser.wait_until_due() {
+            let started = Instant::now();
+            let outcome = self.optimise();
+            self.optimiser.finished();
+            match outcome {
+                Ok(false) => {}
+                Ok(true) => {
+                    let info = self.shard.info();
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        points = info.points_count,
+                        indexed_vectors = info.indexed_vectors_count,
+                        segments = info.segments_count,
+                        "vector store optimised"
+                    );
+                }
+                // The next optimisation retries; searches stay correct, only slower.
+                Err(err) => tracing::warn!(
+                    error = %crate::telemetry::Chain(&err),
+                    "vector store optimisation failed"
+                ),
+            }
+        }
+    }
+
+    /// Runs the engine's optimisers (index, merge, vacuum) until they have nothing left to do,
+    /// then flushes. Returns whether any segment changed.
+    ///
+    /// Writes wait for all of it, because the engine's optimiser cannot keep a write durable
+    /// while it runs: it wraps the segments it rebuilds in in-memory proxies, so a delete (or
+    /// the removal of an overwritten point's old version) made meanwhile lives only in memory
+    /// and in the WAL, which `EdgeShard::load` does not replay. The store promises that a write
+    /// which returned is on disk, so writes queue on `write_lock` until the new segments are in
+    /// place and flushed. This also keeps `flush` (which panics if the segment holder is
+    /// write-locked) away from the optimiser's segment swaps. Searches only read, and the
+    /// optimiser write-locks the segment holder only for its swaps, so they go on throughout.
+    fn optimise(&self) -> Result<bool, VectorStoreError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // From here on no write can land that this optimisation does not see.
+        self.optimiser.started();
+        let optimised = panic::catch_unwind(AssertUnwindSafe(|| self.shard.optimize()))
+            .map_err(|panic| {
+                VectorStoreError::other(format!(
+                    "qdrant-edge panicked while optimising: {}",
+                    panic_message(panic.as_ref())
+                ))
+            })?
+            .map_err(engine_error("optimise the segments"));
+        // The swap already happened when it succeeded; flush in any case, as after a write.
+        flush(&self.shard)?;
+        optimised
+    }
+}
+
+/// What writes, the optimiser thread and those waiting for it tell each other.
+#[derive(Debug)]
+struct Optimiser {
+    state: Mutex<OptimiserState>,
+    /// Signalled on every change of `state`.
+    changed: Condvar,
+    /// Points written (upserted or deleted) after which the next optimisation is due.
+    threshold: usize,
+}
+
+#[derive(Debug)]
+struct OptimiserState {
+    /// Points written since the running or the last optimisation began.
+    written: usize,
+    /// An optimisation should run as soon as the thread gets to it.
+    due: bool,
+    running: bool,
+    stopping: bool,
+}
+
+impl Optimiser {
+    /// The first optimisation is due at once: it checks the segments found on disk.
+    fn new(threshold: usize) -> Optimiser {
+        Optimiser {
+            state: Mutex::new(OptimiserState {
+                written: 0,
+                due: true,
+                running: false,
+                stopping: false,
+            }),
+            changed: Condvar::new(),
+            threshold,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, OptimiserState> {
+        // Every update of the state is a single assignment, so a poisoned one is still sound.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, OptimiserState>,
+        mut until: impl FnMut(&mut OptimiserState) -> bool,
+    ) -> MutexGuard<'a, OptimiserState> {
+        self.changed
+            .wait_while(state, |state| !until(state))
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts points a write changed; makes an optimisation due once they reach the threshold.
+    /// Cheap, so writers call it on their way out.
+    fn note_written(&self, points: usize) {
+        let mut state = self.state();
+        state.written = state.written.saturating_add(points);
+        if state.written >= self.threshold && !state.due {
+            state.due = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// The thread's wait: true when an optimisation is due (now marked running), false when
+    /// the store is stopping.
+    fn wait_until_due(&self) -> bool {
+        let mut state = self.wait(self.state(), |state| state.due || state.stopping);
+        if state.stopping {
+            return false;
+        }
+        state.due = false;
+        state.running = true;
+        self.changed.notify_all();
+        true
+    }
+
+    /// Called under the write lock: what was written so far is this optimisation's to index.
+    /// (A write that has just released the lock may still add its points afterwards, counting
+    /// them twice; the count only decides when to run, so that is harmless.)
+    fn started(&self) {
+        self.state().written = 0;
+    }
+
+    fn finished(&self) {
+        self.state().running = false;
+        self.changed.notify_all();
+    }
+
+    fn wait_idle(&self) {
+        drop(self.wait(self.state(), |state| {
+            state.stopping || !(state.due || state.running)
+        }));
+    }
+
+    fn stop(&self) {
+        self.state().stopping = true;
+        self.changed.notify_all();
+    }
+}
+
 #[async_trait]
 impl VectorStore for EdgeStore {
     fn kind(&self) -> &'static str {
@@ -151,6 +391,7 @@ impl VectorStore for EdgeStore {
             ))?;
             writes.push((points, stale));
         }
+        let points = documents.iter().map(|document| document.chunks.len()).sum();
         // One write and one flush for all of them.
         self.write(move |shard| {
             for (points, stale) in writes {
@@ -169,7 +410,9 @@ impl VectorStore for EdgeStore {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.inner.optimiser.note_written(points);
+        Ok(())
     }
 
     async fn delete_document(
@@ -179,18 +422,24 @@ impl VectorStore for EdgeStore {
     ) -> Result<u64, VectorStoreError> {
         let filter = edge_filter(&document_clauses(tenant, document_id))?;
         // Counting under the write lock makes the count exactly what the delete removes.
-        self.write(move |shard| {
-            let count = exact_count(shard, filter.clone())?;
-            if count > 0 {
-                shard
-                    .update(UpdateOperation::PointOperation(
-                        PointOperations::DeletePointsByFilter(filter),
-                    ))
-                    .map_err(engine_error("delete points"))?;
-            }
-            Ok(count)
-        })
-        .await
+        let count = self
+            .write(move |shard| {
+                let count = exact_count(shard, filter.clone())?;
+                if count > 0 {
+                    shard
+                        .update(UpdateOperation::PointOperation(
+                            PointOperations::DeletePointsByFilter(filter),
+                        ))
+                        .map_err(engine_error("delete points"))?;
+                }
+                Ok(count)
+            })
+            .await?;
+        // Deleted points count too: enough of them make the engine vacuum a segment.
+        self.inner
+            .optimiser
+            .note_written(usize::try_from(count).unwrap_or(usize::MAX));
+        Ok(count)
     }
 
     async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, VectorStoreError> {
@@ -243,13 +492,37 @@ impl VectorStore for EdgeStore {
     }
 }
 
+/// A new store's config: the engine's defaults, except that its optimiser aims at 2 segments
+/// whatever the machine (it would pick one per 2 CPUs, at most 8; stores created before keep
+/// that). A search visits the segments one after the other, and in a small segment a tenant's
+/// points fall under the full-scan threshold and are scanned, so fewer segments search faster:
+/// at 100k chunks on 2 cores, 0.6 ms (p50) with 2 against 4.9 with 8 (on a busier machine).
+/// Writes pay for it: each optimisation rewrites the big segment with the new points (about
+/// 10 s at 100k, against at most 5 s with 8 segments), and writes wait for it.
 fn new_config(dimension: usize) -> EdgeConfig {
     EdgeConfig::builder()
         .vector(
             DEFAULT_VECTOR_NAME,
             EdgeVectorParams::builder(dimension, Distance::Cosine).build(),
         )
+        .optimizers(EdgeOptimizersConfig {
+            default_segment_number: Some(2),
+            ..EdgeOptimizersConfig::default()
+        })
         .build()
+}
+
+/// Points to write before the next optimisation: the engine's indexing threshold (the vector
+/// bytes above which it gives a segment an HNSW index) counted in vectors of this dimension.
+/// Sooner would find nothing to index; much later would leave more vectors to scan.
+fn optimise_after_points(config: &EdgeConfig, dimension: usize) -> usize {
+    let vector_bytes = dimension.saturating_mul(std::mem::size_of::<f32>()).max(1);
+    (config
+        .optimizers
+        .get_indexing_threshold_kb()
+        .saturating_mul(1024)
+        / vector_bytes)
+        .max(1)
 }
 
 fn check_stored_dimension(
@@ -545,6 +818,8 @@ fn corrupt_payload(key: &str) -> VectorStoreError {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use qdrant_edge::HnswIndexConfig;
 
     use super::*;
 
@@ -917,6 +1192,251 @@ mod tests {
         }
         let err = EdgeStore::open(dir.path(), DIM + 1).unwrap_err();
         assert!(err.to_string().contains("dimension 4"), "{err}");
+    }
+
+    /// Deterministic, distinct unit-ish vectors, so that no two scores tie.
+    fn spread_vector(seed: usize) -> [f32; DIM] {
+        let x = seed as f32;
+        [
+            (x * 0.37).sin(),
+            (x * 0.71 + 1.0).cos(),
+            (x * 1.13 + 2.0).sin(),
+            0.5 + (x * 0.29).cos() * 0.25,
+        ]
+    }
+
+    /// `documents` documents of `chunks` chunks in `tenant`, ids `{prefix}{n}`, every vector
+    /// distinct.
+    fn spread_documents(
+        tenant: &str,
+        prefix: &str,
+        documents: usize,
+        chunks: usize,
+    ) -> Vec<IndexedDocument> {
+        (0..documents)
+            .map(|d| {
+                let id = format!("{prefix}{d}");
+                let texts: Vec<String> = (0..chunks).map(|c| format!("{id}/{c}")).collect();
+                let pairs: Vec<(&str, [f32; DIM])> = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(c, text)| (text.as_str(), spread_vector(d * 1_000 + c + prefix.len())))
+                    .collect();
+                document(tenant, &id, &pairs)
+            })
+            .collect()
+    }
+
+    /// A store config whose engine indexes any segment from 1 KB of vectors on (64 of
+    /// dimension 4) and searches through the graph from 1 KB on, so that a few hundred points
+    /// take the HNSW path. `indexing_threshold: Some(0)` turns indexing off.
+    fn indexing_config(indexing_threshold_kb: usize) -> EdgeConfig {
+        EdgeConfig::builder()
+            .vector(
+                DEFAULT_VECTOR_NAME,
+                EdgeVectorParams::builder(DIM, Distance::Cosine).build(),
+            )
+            .optimizers(EdgeOptimizersConfig {
+                indexing_threshold: Some(indexing_threshold_kb),
+                ..EdgeOptimizersConfig::default()
+            })
+            .hnsw_config(HnswIndexConfig {
+                full_scan_threshold: 1,
+                ..HnswIndexConfig::default()
+            })
+            .build()
+    }
+
+    fn open_indexing(dir: &Path) -> EdgeStore {
+        EdgeStore::open_with(dir, DIM, indexing_config(1)).expect("open the store")
+    }
+
+    /// Every query vector's top 5 in `tenant`, as (text, score) pairs.
+    async fn top_fives(store: &EdgeStore, tenant: &str) -> Vec<Vec<(String, f32)>> {
+        let mut all = Vec::new();
+        for seed in 0..20 {
+            let hits = store
+                .search(query(tenant, spread_vector(seed * 7 + 3), 5))
+                .await
+                .unwrap();
+            all.push(
+                hits.into_iter()
+                    .map(|hit| (hit.text, hit.score))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        all
+    }
+
+    fn assert_same_hits(before: &[Vec<(String, f32)>], after: &[Vec<(String, f32)>]) {
+        assert_eq!(before.len(), after.len());
+        for (b, a) in before.iter().zip(after) {
+            let texts =
+                |hits: &[(String, f32)]| hits.iter().map(|h| h.0.clone()).collect::<Vec<_>>();
+            assert_eq!(texts(b), texts(a));
+            for (x, y) in b.iter().zip(a) {
+                assert!((x.1 - y.1).abs() < 1e-5, "{x:?} vs {y:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_optimiser_indexes_once_enough_points_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_indexing(dir.path());
+        assert_eq!(store.inner.optimiser.threshold, 64);
+        // The check of what was on disk at open; the count starts after it.
+        store.wait_for_optimiser().await.unwrap();
+
+        // 50 points: below the threshold, nothing is due.
+        store
+            .index_documents(spread_documents("t", "a", 5, 10))
+            .await
+            .unwrap();
+        store.wait_for_optimiser().await.unwrap();
+        let coverage = store.index_coverage().await.unwrap();
+        assert_eq!((coverage.points, coverage.indexed_vectors), (50, 0));
+
+        // 30 more cross it: the optimiser indexes all 80 in one segment.
+        store
+            .index_documents(spread_documents("t", "b", 3, 10))
+            .await
+            .unwrap();
+        store.wait_for_optimiser().await.unwrap();
+        let coverage = store.index_coverage().await.unwrap();
+        assert_eq!(coverage.indexed_vectors, 80, "{coverage:?}");
+        assert_eq!(coverage.points, 80);
+
+        // Points written afterwards land in a plain segment and are found beside the indexed.
+        store
+            .index_document(document("t", "late", &[("late", spread_vector(999_999))]))
+            .await
+            .unwrap();
+        let hits = store
+            .search(query("t", spread_vector(999_999), 1))
+            .await
+            .unwrap();
+        assert_eq!(texts(&hits), ["late"]);
+        assert_eq!(store.count_document("t", "a0").await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn searches_agree_before_and_after_optimising() {
+        let dir = tempfile::tempdir().unwrap();
+        // Indexing off while writing, so the first searches scan a plain segment.
+        let store = EdgeStore::open_with(dir.path(), DIM, indexing_config(0)).unwrap();
+        store
+            .index_documents(spread_documents("t", "d", 20, 10))
+            .await
+            .unwrap();
+        store
+            .index_documents(spread_documents("u", "e", 5, 10))
+            .await
+            .unwrap();
+        store.wait_for_optimiser().await.unwrap();
+        assert_eq!(store.index_coverage().await.unwrap().indexed_vectors, 0);
+        let before = (top_fives(&store, "t").await, top_fives(&store, "u").await);
+
+        store
+            .inner
+            .shard
+            .set_optimizers_config(EdgeOptimizersConfig {
+                indexing_threshold: Some(1),
+                ..EdgeOptimizersConfig::default()
+            })
+            .unwrap();
+        let inner = Arc::clone(&store.inner);
+        let optimised = tokio::task::spawn_blocking(move || inner.optimise())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(optimised);
+        assert_eq!(store.index_coverage().await.unwrap().indexed_vectors, 250);
+
+        assert_same_hits(&before.0, &top_fives(&store, "t").await);
+        assert_same_hits(&before.1, &top_fives(&store, "u").await);
+        // Still only the tenant's own points.
+        let hits = store
+            .search(query("u", spread_vector(3), 100))
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), 50);
+    }
+
+    #[tokio::test]
+    async fn an_optimised_store_deletes_reindexes_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open_indexing(dir.path());
+            store
+                .index_documents(spread_documents("t", "d", 10, 10))
+                .await
+                .unwrap();
+            store.wait_for_optimiser().await.unwrap();
+            assert_eq!(store.index_coverage().await.unwrap().indexed_vectors, 100);
+
+            // Deletes and a shorter re-index reach points in the indexed segment.
+            assert_eq!(store.delete_document("t", "d0").await.unwrap(), 10);
+            let mut shorter = spread_documents("t", "d", 2, 10).pop().unwrap();
+            shorter.chunks.truncate(3);
+            store.index_document(shorter).await.unwrap();
+            assert_eq!(store.count_document("t", "d0").await.unwrap(), 0);
+            assert_eq!(store.count_document("t", "d1").await.unwrap(), 3);
+            let hits = store
+                .search(query("t", spread_vector(1_000 + 5 + 1), 200))
+                .await;
+            assert_eq!(hits.unwrap().len(), 83);
+        }
+
+        let store = open_indexing(dir.path());
+        store.wait_for_optimiser().await.unwrap();
+        assert!(store.index_coverage().await.unwrap().indexed_vectors > 0);
+        assert_eq!(store.count_document("t", "d0").await.unwrap(), 0);
+        assert_eq!(store.count_document("t", "d1").await.unwrap(), 3);
+        assert_eq!(store.count_document("t", "d9").await.unwrap(), 10);
+        let hits = store
+            .search(query("t", spread_vector(9_000 + 2 + 1), 1))
+            .await;
+        assert_eq!(texts(&hits.unwrap()), ["d9/2"]);
+    }
+
+    /// Writes queue behind an optimisation and return only once on disk; searches go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_during_optimisations_succeed_and_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open_indexing(dir.path()));
+        // 16 writers × 8 documents × 10 chunks: 1,280 points, an optimisation due every 64.
+        let tasks: Vec<_> = (0..16)
+            .map(|writer| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for document in spread_documents("t", &format!("w{writer}-"), 8, 10) {
+                        store.index_document(document).await?;
+                        store.search(query("t", spread_vector(writer), 5)).await?;
+                    }
+                    Ok::<_, VectorStoreError>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert!(store.index_coverage().await.unwrap().indexed_vectors > 0);
+
+        // What a process killed between two optimisations leaves (the write lock keeps both
+        // writes and the optimiser out while copying), without a final flush or waiting.
+        let copy = tempfile::tempdir().unwrap();
+        {
+            let _writes = store.inner.write_lock.lock().unwrap();
+            copy_dir(dir.path(), copy.path());
+        }
+        let reopened = open_indexing(copy.path());
+        for writer in 0..16 {
+            for document in 0..8 {
+                let id = format!("w{writer}-{document}");
+                assert_eq!(reopened.count_document("t", &id).await.unwrap(), 10, "{id}");
+            }
+        }
     }
 
     #[test]
