@@ -442,7 +442,9 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// `text` (default) or `json`.
     pub format: LogFormat,
-    /// A tracing filter; `RUST_LOG` wins when set. Default `info`.
+    /// A tracing filter; `RUST_LOG` wins when set. Default `info`, without qdrant-edge's
+    /// "Feature flags not initialized!" warning, which it logs several times per optimisation
+    /// of the embedded store and which nothing outside the engine can set.
     pub filter: String,
 }
 
@@ -450,7 +452,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            filter: "info".into(),
+            filter: "info,qdrant_edge::common::flags=error".into(),
         }
     }
 }
