@@ -1,7 +1,8 @@
 //! Kernels: the loops candle would otherwise run on one core (attention per text and head,
 //! bias + residual + layer norm, bias + GELU), and the fast `exp` and `erf` they use. Each is
 //! written so the compiler vectorises it, and compiled a second time for AVX2/FMA
-//! ([`simd_kernel!`]), picked at run time.
+//! ([`simd_kernel!`]), picked at run time; attention's matrix products have AVX-512 and AVX2
+//! kernels of their own.
 
 use crate::bert::LayerNorm;
 
@@ -47,10 +48,11 @@ pub(crate) struct AttentionJob<'a> {
 }
 
 /// Register tile of the attention kernel: `TILE_ROWS` queries against `TILE_COLS` keys (or value
-/// columns) at a time, 8 AVX registers of accumulators. Tiles let one load feed several
-/// multiply-adds; multiply-adds into a row held in memory would stall on loads and stores.
-const TILE_ROWS: usize = 4;
-const TILE_COLS: usize = 16;
+/// columns) at a time: 16 AVX-512 registers of accumulators, or four 4×16 passes of 8 AVX2
+/// ones. Tiles let one load feed several multiply-adds; multiply-adds into a row held in memory
+/// would stall on loads and stores.
+const TILE_ROWS: usize = 8;
+const TILE_COLS: usize = 32;
 
 simd_kernel! {
     /// softmax(q k^T / sqrt(d)) v for one head of one text, reading the projections out of the
@@ -165,20 +167,38 @@ simd_kernel! {
 type Tile = [[f32; TILE_COLS]; TILE_ROWS];
 
 /// One tile of a matrix product: `tile[r][c] = Σ_d a[r * a_stride + d] * b[d * b_stride + c]`
-/// for `d < depth`. Written with explicit AVX2 instructions where available, because the
-/// compiler does not keep a tile of accumulators in vector registers on its own.
+/// for `d < depth`. Written with explicit vector instructions where available, because the
+/// compiler does not keep a tile of accumulators in registers on its own.
 #[inline(always)]
 fn product_tile(a: &[f32], a_stride: usize, b: &[f32], b_stride: usize, depth: usize) -> Tile {
     if depth == 0 {
         return [[0.0; TILE_COLS]; TILE_ROWS];
     }
-    // These bounds make every read below valid, including the unchecked ones in `avx2`.
+    // These bounds make every read below valid, including the unchecked ones in `avx512` and
+    // `avx2`.
     assert!(a.len() >= (TILE_ROWS - 1) * a_stride + depth);
     assert!(b.len() >= (depth - 1) * b_stride + TILE_COLS);
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA; the slices are long enough (asserted above).
-        return unsafe { avx2::product_tile(a, a_stride, b, b_stride, depth) };
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F; the slices are long enough (asserted above).
+            return unsafe { avx512::product_tile(a, a_stride, b, b_stride, depth) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+            for (r, rows) in tile.chunks_exact_mut(avx2::ROWS).enumerate() {
+                for c in 0..TILE_COLS / avx2::COLS {
+                    let (a, b) = (&a[r * avx2::ROWS * a_stride..], &b[c * avx2::COLS..]);
+                    // SAFETY: the CPU has AVX2 and FMA; the sub-tile's reads lie inside the
+                    // tile's (asserted above).
+                    let part = unsafe { avx2::product_tile(a, a_stride, b, b_stride, depth) };
+                    for (row, part) in rows.iter_mut().zip(&part) {
+                        row[c * avx2::COLS..][..avx2::COLS].copy_from_slice(part);
+                    }
+                }
+            }
+            return tile;
+        }
     }
     let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
     for d in 0..depth {
@@ -194,17 +214,17 @@ fn product_tile(a: &[f32], a_stride: usize, b: &[f32], b_stride: usize, depth: u
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod avx512 {
     use super::{Tile, TILE_COLS, TILE_ROWS};
     use std::arch::x86_64::*;
 
-    /// [`super::product_tile`] in AVX2: the 4x16 tile lives in eight 8-lane registers; each step
-    /// of `d` loads one row of `b` (two registers) and broadcasts four values of `a`.
+    /// [`super::product_tile`] in AVX-512: the 8x32 tile lives in sixteen 16-lane registers;
+    /// each step of `d` loads one row of `b` (two registers) and broadcasts eight values of `a`.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA, and the slices must be as long as
+    /// The CPU must support AVX-512 F, and the slices must be as long as
     /// [`super::product_tile`] asserts.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn product_tile(
         a: &[f32],
         a_stride: usize,
@@ -212,9 +232,55 @@ mod avx2 {
         b_stride: usize,
         depth: usize,
     ) -> Tile {
-        const _: () = assert!(TILE_ROWS == 4 && TILE_COLS == 16);
+        const _: () = assert!(TILE_ROWS == 8 && TILE_COLS == 32);
         let (a, b) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 2]; TILE_ROWS];
+        let mut acc = [[_mm512_setzero_ps(); 2]; TILE_ROWS];
+        for d in 0..depth {
+            // SAFETY (all reads): within the bounds the caller asserted.
+            let b_row = unsafe { b.add(d * b_stride) };
+            let (b_lo, b_hi) = unsafe { (_mm512_loadu_ps(b_row), _mm512_loadu_ps(b_row.add(16))) };
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(unsafe { *a.add(r * a_stride + d) });
+                acc_row[0] = _mm512_fmadd_ps(x, b_lo, acc_row[0]);
+                acc_row[1] = _mm512_fmadd_ps(x, b_hi, acc_row[1]);
+            }
+        }
+        let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+        for (row, acc_row) in tile.iter_mut().zip(&acc) {
+            // SAFETY: each row has 32 floats.
+            unsafe {
+                _mm512_storeu_ps(row.as_mut_ptr(), acc_row[0]);
+                _mm512_storeu_ps(row.as_mut_ptr().add(16), acc_row[1]);
+            }
+        }
+        tile
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The sub-tile this kernel computes; [`super::product_tile`] runs it four times per tile.
+    pub(super) const ROWS: usize = 4;
+    pub(super) const COLS: usize = 16;
+
+    /// A 4x16 block of [`super::product_tile`] in AVX2: it lives in eight 8-lane registers;
+    /// each step of `d` loads one row of `b` (two registers) and broadcasts four values of `a`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the slices must hold 4 rows of `a` and `depth`
+    /// rows of 16 values of `b`, as [`super::product_tile`] asserts for the whole tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn product_tile(
+        a: &[f32],
+        a_stride: usize,
+        b: &[f32],
+        b_stride: usize,
+        depth: usize,
+    ) -> [[f32; COLS]; ROWS] {
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
         for d in 0..depth {
             // SAFETY (all reads): within the bounds the caller asserted.
             let b_row = unsafe { b.add(d * b_stride) };
@@ -225,7 +291,7 @@ mod avx2 {
                 acc_row[1] = _mm256_fmadd_ps(x, b_hi, acc_row[1]);
             }
         }
-        let mut tile = [[0.0f32; TILE_COLS]; TILE_ROWS];
+        let mut tile = [[0.0f32; COLS]; ROWS];
         for (row, acc_row) in tile.iter_mut().zip(&acc) {
             // SAFETY: each row has 16 floats.
             unsafe {
@@ -335,6 +401,60 @@ fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each vector kernel of `product_tile` against plain arithmetic, on odd strides and depths.
+    #[test]
+    fn product_tile_kernels_agree() {
+        let (a_stride, b_stride, depth) = (41, 47, 37);
+        let value = |i: usize| ((i * 7919) % 113) as f32 / 56.0 - 1.0;
+        let a: Vec<f32> = (0..TILE_ROWS * a_stride).map(value).collect();
+        let b: Vec<f32> = (0..depth * b_stride).map(|i| value(i + 5)).collect();
+        let mut expected = [[0.0f32; TILE_COLS]; TILE_ROWS];
+        for (r, row) in expected.iter_mut().enumerate() {
+            for (c, e) in row.iter_mut().enumerate() {
+                *e = (0..depth)
+                    .map(|d| a[r * a_stride + d] * b[d * b_stride + c])
+                    .sum();
+            }
+        }
+        let close = |tile: &Tile, kernel: &str| {
+            for (got, want) in tile.iter().flatten().zip(expected.iter().flatten()) {
+                assert!((got - want).abs() < 1e-4, "{kernel}: {got} vs {want}");
+            }
+        };
+        close(
+            &product_tile(&a, a_stride, &b, b_stride, depth),
+            "dispatched",
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512 F; the slices are those asserted above.
+                close(
+                    &unsafe { avx512::product_tile(&a, a_stride, &b, b_stride, depth) },
+                    "avx512",
+                );
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA; the sub-tile at (1, 1) lies inside `a`, `b`.
+                let part = unsafe {
+                    avx2::product_tile(
+                        &a[avx2::ROWS * a_stride..],
+                        a_stride,
+                        &b[avx2::COLS..],
+                        b_stride,
+                        depth,
+                    )
+                };
+                for (r, row) in part.iter().enumerate() {
+                    let want = &expected[avx2::ROWS + r][avx2::COLS..];
+                    for (got, want) in row.iter().zip(want) {
+                        assert!((got - want).abs() < 1e-4, "avx2: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_math_is_accurate() {
