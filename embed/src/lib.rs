@@ -506,18 +506,28 @@ mod tests {
         let Some(embedder) = int8_embedder() else {
             return;
         };
+        assert_close_to_reference(embedder, "int8", 0.99);
+    }
+
+    /// Embeds the reference texts and checks each vector's cosine to sentence-transformers'
+    /// against `at_least`, printing them all and the lowest.
+    fn assert_close_to_reference(embedder: &Embedder, label: &str, at_least: f32) {
         let reference = reference();
         let texts: Vec<&str> = reference.iter().map(|(text, _)| text.as_str()).collect();
         let vectors = embedder.embed(&texts).unwrap();
         let mut min = f32::INFINITY;
         for ((text, expected), actual) in reference.iter().zip(&vectors) {
+            assert_eq!(actual.len(), 384);
             let similarity = cosine(expected, actual);
             let shown: String = text.chars().take(40).collect();
-            println!("int8 cosine {similarity:.5}  {shown:?}");
-            assert!(similarity >= 0.99, "int8 cosine {similarity} for {shown:?}");
+            println!("{label} cosine {similarity:.7}  {shown:?}");
+            assert!(
+                similarity >= at_least,
+                "{label} cosine {similarity} for {shown:?}"
+            );
             min = min.min(similarity);
         }
-        println!("int8: minimum cosine to sentence-transformers: {min:.5}");
+        println!("{label}: minimum cosine to sentence-transformers: {min:.7}");
     }
 
     /// `tests/data/retrieval.json`: 40 documents in pairs that share a topic, and one query
@@ -563,18 +573,7 @@ mod tests {
         let texts: Vec<&str> = reference.iter().map(|(text, _)| text.as_str()).collect();
         // The long text must actually exceed the limit, or truncation goes untested.
         assert!(texts.iter().any(|t| embedder.count_tokens(t) > 254));
-
-        let vectors = embedder.embed(&texts).unwrap();
-        let mut min = f32::INFINITY;
-        for ((text, expected), actual) in reference.iter().zip(&vectors) {
-            assert_eq!(actual.len(), 384);
-            let similarity = cosine(expected, actual);
-            let shown: String = text.chars().take(40).collect();
-            println!("cosine {similarity:.7}  {shown:?}");
-            assert!(similarity >= 0.9999, "cosine {similarity} for {shown:?}");
-            min = min.min(similarity);
-        }
-        println!("minimum cosine to sentence-transformers: {min:.7}");
+        assert_close_to_reference(embedder, "fp32", 0.9999);
     }
 
     #[test]
