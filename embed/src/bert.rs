@@ -255,10 +255,6 @@ impl Weights {
         )?)
     }
 
-    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EmbedError> {
-        self.values(name, shape)
-    }
-
     /// Loads `{name}.weight` (`(out, in)`) of each given layer, stacked along `out`, and their
     /// biases.
     fn dense(&self, names: &[String], inputs: usize, outputs: usize) -> Result<Dense, EmbedError> {
@@ -266,7 +262,7 @@ impl Weights {
         let mut bias = Vec::new();
         for name in names {
             weights.push(self.tensor(&format!("{name}.weight"), &[outputs, inputs])?);
-            bias.extend(self.vector(&format!("{name}.bias"), &[outputs])?);
+            bias.extend(self.values(&format!("{name}.bias"), &[outputs])?);
         }
         let weight_t = Tensor::cat(&weights, 0)
             .and_then(|w| w.t()?.contiguous())
@@ -282,8 +278,8 @@ impl Weights {
 
     fn layer_norm(&self, name: &str, width: usize, eps: f32) -> Result<LayerNorm, EmbedError> {
         Ok(LayerNorm {
-            gamma: self.vector(&format!("{name}.weight"), &[width])?,
-            beta: self.vector(&format!("{name}.bias"), &[width])?,
+            gamma: self.values(&format!("{name}.weight"), &[width])?,
+            beta: self.values(&format!("{name}.bias"), &[width])?,
             eps,
         })
     }
@@ -334,15 +330,15 @@ impl Bert {
         Ok(Bert {
             hidden,
             heads,
-            word_embeddings: w.vector(
+            word_embeddings: w.values(
                 "embeddings.word_embeddings.weight",
                 &[config.vocab_size, hidden],
             )?,
-            position_embeddings: w.vector(
+            position_embeddings: w.values(
                 "embeddings.position_embeddings.weight",
                 &[config.max_position_embeddings, hidden],
             )?,
-            token_type_embeddings: w.vector(
+            token_type_embeddings: w.values(
                 "embeddings.token_type_embeddings.weight",
                 &[config.type_vocab_size, hidden],
             )?,
