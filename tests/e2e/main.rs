@@ -16,6 +16,7 @@ mod outage;
 mod pipeline;
 mod qdrant_server;
 mod quotas;
+mod rebalance;
 mod scale_out;
 mod schemas;
 mod tenants;

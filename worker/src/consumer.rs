@@ -6,10 +6,19 @@
 //! consumer and producer and resumes from the last committed offsets, processing those records
 //! again, which is harmless because indexing is idempotent.
 //!
-//! A batch is indexed together ([`Indexer::process_batch`]: one embedding call for all its
-//! records' chunks). A record that fails in a way that may pass is retried alone; while the
-//! vector store or the schema registry is down the worker waits for it (paused, and its health
-//! says why) rather than fail documents into the dead-letter topic.
+//! Batches overlap, two at a time, so that the model never waits for Kafka or the store:
+//!
+//! ```text
+//! batch n:    gather ── decode, chunk, embed ── write, commit
+//! batch n+1:       gather ─────────────────── decode, chunk, embed ── write, commit
+//! ```
+//!
+//! While the model embeds one batch (stages 1–3 of [`Indexer`], on a task of their own) the
+//! next gathers; when the model is done, the next batch goes to it at once and only then is
+//! the first written to the store and committed. Batches are written and committed one at a
+//! time, in the order they were consumed. A record that fails in a way that may pass is retried
+//! alone; while the vector store or the schema registry is down the worker waits for it
+//! (paused, and its health says why) rather than fail documents into the dead-letter topic.
 
 use sluice_core::telemetry::Chain;
 use std::collections::BTreeMap;
@@ -29,10 +38,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-use crate::indexer::{Indexer, ProcessError, Processed, SCHEMA_REGISTRY};
-use crate::rebalance::{self, Rebalances};
+use crate::indexer::{Indexer, ProcessError, Processed, Staged, SCHEMA_REGISTRY};
+use crate::rebalance::Rebalances;
 
-/// Records committed together in one transaction, at most.
+/// Records in one batch (one embedding call, one transaction), at most.
 const MAX_BATCH: usize = 16;
 /// How long to wait for more records to join a batch once one has arrived.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
@@ -231,124 +240,188 @@ impl Worker {
         tracing::info!(group = %self.settings.group_id, %transactional_id, "worker consuming {}", self.kafka.documents_topic);
 
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        // The batch at the model (stages 1–3, on a task of its own) and the records gathering
+        // for the next one.
+        let mut embedding: Option<Embedding> = None;
+        let mut gathering = Gathering::default();
         loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+            let stopping = shutdown.is_cancelled();
+            // The model is idle: the next batch goes to it once full, or once its first record
+            // has waited BATCH_LINGER for company.
+            if embedding.is_none() && !stopping && gathering.ready() {
+                embedding = self.start(gathering.take(), consumer);
+            }
+            if stopping && embedding.is_none() {
+                // What was gathered is left uncommitted, for whoever holds its partitions next.
+                return Ok(());
+            }
+            let linger = gathering.linger_until();
+            tokio::select! {
+                _ = shutdown.cancelled(), if !stopping => {}
+                staged = embedded(&mut embedding) => {
+                    let done = embedding.take().expect("a batch was at the model");
+                    // The model goes on with the next batch while this one is written and
+                    // committed. From here to the commit nothing calls recv(), so no partition
+                    // can move in between (see `rebalance`).
+                    if !stopping && !gathering.is_empty() {
+                        embedding = self.start(gathering.take(), consumer);
+                    }
+                    self.finish(done, staged, consumer, &producer, shutdown).await?;
+                    let oldest = embedding
+                        .iter()
+                        .flat_map(|e| e.epochs.iter())
+                        .chain(gathering.epochs())
+                        .min()
+                        .copied();
+                    consumer.context().forget(oldest);
+                }
                 _ = refresh.tick() => {
                     // Rebalances happen inside recv(); what it holds is read here.
                     self.assignment.update(consumer);
-                    continue;
                 }
-                message = consumer.recv() => match message {
-                    Ok(message) => message.detach(),
+                message = consumer.recv(), if !stopping && !gathering.is_full() => match message {
+                    Ok(message) => gathering.push(message.detach(), consumer.context().epoch()),
                     Err(error) => {
                         // Broker hiccups surface here; librdkafka reconnects by itself.
                         tracing::warn!(error = %Chain(&error), "consume error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
                     }
                 },
-            };
-            // Small records batch up; a large one goes alone, so that a batch's work (and the
-            // time until the next poll) stays about that of one document. Each record is
-            // tagged with the revocations it came after (see `rebalance`).
-            let mut bytes = first.payload().map_or(0, <[u8]>::len);
-            let mut gathered = vec![(first, consumer.context().epoch())];
-            while gathered.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
-                    Ok(Ok(message)) => {
-                        bytes += message.payload().map_or(0, <[u8]>::len);
-                        gathered.push((message.detach(), consumer.context().epoch()));
-                    }
-                    _ => break,
-                }
+                _ = tokio::time::sleep_until(linger), if embedding.is_none() && !gathering.is_empty() => {}
             }
-            // Records of a partition revoked while the batch was gathered are its new owner's
-            // (or, re-assigned, read again from the committed offset): not processed here.
-            let revocations = consumer.context().take();
-            let received = gathered.len();
-            let batch: Vec<OwnedMessage> = gathered
-                .into_iter()
-                .filter(|(message, epoch)| {
-                    let partition = (message.topic().to_owned(), message.partition());
-                    !rebalance::is_stale(&partition, *epoch, &revocations)
-                })
-                .map(|(message, _)| message)
-                .collect();
-            if batch.len() < received {
-                tracing::info!(
-                    dropped = received - batch.len(),
-                    "records of revoked partitions left to their new owner"
-                );
-                metrics::counter!("sluice_worker_revoked_records_total")
-                    .increment((received - batch.len()) as u64);
-            }
-            if batch.is_empty() {
+        }
+    }
+
+    /// Sends gathered records to the model: stages 1–3 (decode, chunk, embed) on a task of
+    /// their own. Records of a partition revoked since they arrived are dropped first; `None`
+    /// when that leaves nothing.
+    fn start(
+        &self,
+        received: Vec<(OwnedMessage, u64)>,
+        consumer: &StreamConsumer<Rebalances>,
+    ) -> Option<Embedding> {
+        let fresh = drop_stale(received, consumer.context());
+        if fresh.is_empty() {
+            return None;
+        }
+        let (messages, epochs): (Vec<OwnedMessage>, Vec<u64>) = fresh.into_iter().unzip();
+        // One span per record (OpenTelemetry's messaging conventions), a child of the
+        // gateway's `send` when the record carries its trace context.
+        let spans: Vec<Span> = messages.iter().map(process_span).collect();
+        let records: Vec<Result<DocumentRecord, MalformedRecord>> =
+            messages.iter().map(DocumentRecord::from_message).collect();
+        let inputs: Vec<(DocumentRecord, Span)> = records
+            .iter()
+            .zip(&spans)
+            .filter_map(|(record, span)| Some((record.as_ref().ok()?.clone(), span.clone())))
+            .collect();
+        let indexer = self.indexer.clone();
+        let stages = tokio::spawn(async move {
+            let inputs: Vec<(&DocumentRecord, Span)> =
+                inputs.iter().map(|(r, s)| (r, s.clone())).collect();
+            let staged = indexer.prepare(&inputs).await;
+            indexer.embed_batch(staged, &inputs).await
+        });
+        Some(Embedding {
+            messages,
+            epochs,
+            spans,
+            records,
+            stages,
+        })
+    }
+
+    /// Stage 4 and the commit of a batch back from the model: its records written to the
+    /// store (what failed in a way that may pass is retried record by record), then their
+    /// completions, dead letters and offsets committed in one transaction. Records of a
+    /// partition revoked while the batch was at the model are left to their new owner.
+    async fn finish(
+        &self,
+        batch: Embedding,
+        staged: Vec<Result<Staged, ProcessError>>,
+        consumer: &StreamConsumer<Rebalances>,
+        producer: &TransactionalProducer,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Embedding {
+            messages,
+            epochs,
+            spans,
+            records,
+            ..
+        } = batch;
+        let mut staged = staged.into_iter();
+        let mut outgoing = Vec::with_capacity(messages.len());
+        let mut next_offsets = BTreeMap::new();
+        let (mut inputs, mut kept, mut origins) = (Vec::new(), Vec::new(), Vec::new());
+        let mut dropped = 0;
+        for (i, (message, record)) in messages.iter().zip(&records).enumerate() {
+            // Every record's stages are taken in order, kept or not.
+            let stages = record.as_ref().ok().map(|_| {
+                staged
+                    .next()
+                    .expect("one result of stages 1-3 per document record")
+            });
+            let partition = (message.topic().to_owned(), message.partition());
+            if consumer.context().is_stale(&partition, epochs[i]) {
+                dropped += 1;
                 continue;
             }
-
-            // One span per record (OpenTelemetry's messaging conventions), a child of the
-            // gateway's `send` when the record carries its trace context.
-            let spans: Vec<Span> = batch.iter().map(process_span).collect();
-            let mut outgoing = Vec::with_capacity(batch.len());
-            let mut completed = Vec::with_capacity(batch.len());
-            let mut next_offsets = BTreeMap::new();
-            let mut records = Vec::with_capacity(batch.len());
-            for (i, message) in batch.iter().enumerate() {
-                match DocumentRecord::from_message(message) {
-                    Ok(record) => records.push((i, record)),
-                    Err(error) => {
-                        let _entered = spans[i].enter();
-                        outgoing.push(self.malformed(message, &error));
-                    }
+            next_offsets.insert(partition, message.offset() + 1);
+            match (record, stages) {
+                (Ok(record), Some(stages)) => {
+                    inputs.push((record, spans[i].clone()));
+                    kept.push(stages);
+                    origins.push(i);
                 }
-                next_offsets.insert(
-                    (message.topic().to_owned(), message.partition()),
-                    message.offset() + 1,
-                );
+                (Err(error), _) => {
+                    let _entered = spans[i].enter();
+                    outgoing.push(self.malformed(message, error));
+                }
+                (Ok(_), None) => unreachable!("a document record has its stages"),
             }
-            // The whole batch through the pipeline at once; what failed in a way that may
-            // pass is retried record by record.
-            let inputs: Vec<(&DocumentRecord, Span)> = records
-                .iter()
-                .map(|(i, record)| (record, spans[*i].clone()))
-                .collect();
-            let results = self.indexer.process_batch(&inputs).await;
-            for ((i, record), result) in records.iter().zip(results) {
-                let span = &spans[*i];
-                let settled = match result {
-                    Err(error) if error.is_transient() => {
-                        self.retry(record, error, shutdown)
-                            .instrument(span.clone())
-                            .await?
-                    }
-                    other => other.map_err(|error| (error, 1)),
-                };
-                let (records, completion) =
-                    span.in_scope(|| self.complete(&batch[*i], record, settled));
-                outgoing.extend(records);
-                completed.push(completion);
-            }
-            let mut offsets = TopicPartitionList::new();
-            for ((topic, partition), offset) in next_offsets {
-                offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-            }
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| anyhow::anyhow!("no consumer group metadata"))?;
-            let started = Instant::now();
-            let committed = producer.commit(&outgoing, Some((offsets, group))).await;
-            metrics::histogram!("sluice_worker_commit_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            if committed.is_err() {
-                metrics::counter!("sluice_worker_transactions_aborted_total").increment(1);
-            }
-            committed?;
-            metrics::counter!("sluice_worker_records_consumed_total").increment(batch.len() as u64);
-            metrics::histogram!("sluice_worker_batch_records_per_batch").record(batch.len() as f64);
-            completed.iter().for_each(count_completion);
-            tracing::debug!(records = batch.len(), "batch committed");
         }
+        count_stale(dropped);
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let results = self.indexer.write(&inputs, kept).await;
+        let mut completed = Vec::with_capacity(inputs.len());
+        for (((record, span), result), i) in inputs.iter().zip(results).zip(origins) {
+            let settled = match result {
+                Err(error) if error.is_transient() => {
+                    self.retry(record, error, shutdown)
+                        .instrument(span.clone())
+                        .await?
+                }
+                other => other.map_err(|error| (error, 1)),
+            };
+            let (records, completion) =
+                span.in_scope(|| self.complete(&messages[i], record, settled));
+            outgoing.extend(records);
+            completed.push(completion);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next_offsets {
+            offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| anyhow::anyhow!("no consumer group metadata"))?;
+        let started = Instant::now();
+        let committed = producer.commit(&outgoing, Some((offsets, group))).await;
+        metrics::histogram!("sluice_worker_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if committed.is_err() {
+            metrics::counter!("sluice_worker_transactions_aborted_total").increment(1);
+        }
+        committed?;
+        let count = messages.len() - dropped;
+        metrics::counter!("sluice_worker_records_consumed_total").increment(count as u64);
+        metrics::histogram!("sluice_worker_batch_records_per_batch").record(count as f64);
+        completed.iter().for_each(count_completion);
+        tracing::debug!(records = count, "batch committed");
+        Ok(())
     }
 
     /// A record without the headers of an ingestion: there is nothing to complete, so it is
@@ -537,6 +610,116 @@ impl Worker {
             payload: message.payload().unwrap_or_default().to_vec(),
             headers,
         }
+    }
+}
+
+/// A batch at the model: the records received, and stages 1–3 running on their own task.
+struct Embedding {
+    messages: Vec<OwnedMessage>,
+    /// The revocation number each message was received at (see `rebalance`).
+    epochs: Vec<u64>,
+    /// Each message's `process` span.
+    spans: Vec<Span>,
+    /// Each message as an ingestion record, or why its headers are not one.
+    records: Vec<Result<DocumentRecord, MalformedRecord>>,
+    /// The stages' results, one per document record, in order.
+    stages: JoinHandle<Vec<Result<Staged, ProcessError>>>,
+}
+
+/// The results of the batch at the model, once it is done; never, while none is.
+async fn embedded(embedding: &mut Option<Embedding>) -> Vec<Result<Staged, ProcessError>> {
+    let Some(batch) = embedding else {
+        return std::future::pending().await;
+    };
+    let count = batch.records.iter().filter(|r| r.is_ok()).count();
+    match (&mut batch.stages).await {
+        Ok(staged) => staged,
+        // A panic in a stage: each record is tried again alone, as after any transient error.
+        Err(error) => {
+            let error = ProcessError::Transient(format!("preparing and embedding: {error}"));
+            vec![Err(error); count]
+        }
+    }
+}
+
+/// Records received for the next batch. Small records batch up; a large one goes (nearly)
+/// alone, so that a batch's work stays about that of one document.
+#[derive(Default)]
+struct Gathering {
+    /// Each with the revocation number it was received at.
+    received: Vec<(OwnedMessage, u64)>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Gathering {
+    fn push(&mut self, message: OwnedMessage, epoch: u64) {
+        self.bytes += message.payload().map_or(0, <[u8]>::len);
+        self.since.get_or_insert_with(Instant::now);
+        self.received.push((message, epoch));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.received.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.received.len() >= MAX_BATCH || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Full, or waited long enough for more.
+    fn ready(&self) -> bool {
+        self.is_full()
+            || self
+                .since
+                .is_some_and(|since| since.elapsed() >= BATCH_LINGER)
+    }
+
+    /// When the first record will have waited long enough (far off while there is none).
+    fn linger_until(&self) -> tokio::time::Instant {
+        match self.since {
+            Some(since) => (since + BATCH_LINGER).into(),
+            None => tokio::time::Instant::now() + Duration::from_secs(3600),
+        }
+    }
+
+    fn epochs(&self) -> impl Iterator<Item = &u64> {
+        self.received.iter().map(|(_, epoch)| epoch)
+    }
+
+    fn take(&mut self) -> Vec<(OwnedMessage, u64)> {
+        self.bytes = 0;
+        self.since = None;
+        std::mem::take(&mut self.received)
+    }
+}
+
+/// The records of `received` whose partition was not revoked since they arrived.
+fn drop_stale(
+    received: Vec<(OwnedMessage, u64)>,
+    rebalances: &Rebalances,
+) -> Vec<(OwnedMessage, u64)> {
+    let count = received.len();
+    let fresh: Vec<_> = received
+        .into_iter()
+        .filter(|(message, epoch)| {
+            let partition = (message.topic().to_owned(), message.partition());
+            !rebalances.is_stale(&partition, *epoch)
+        })
+        .collect();
+    count_stale(count - fresh.len());
+    fresh
+}
+
+/// Records of revoked partitions are their new owner's (or, re-assigned, read again from the
+/// committed offset): not processed here.
+fn count_stale(dropped: usize) {
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "records of revoked partitions left to their new owner"
+        );
+        metrics::counter!("sluice_worker_revoked_records_total").increment(dropped as u64);
     }
 }
 

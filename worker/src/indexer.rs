@@ -1,10 +1,15 @@
 //! Records through the pipeline: decode → chunk → embed → index (or delete).
 //!
-//! [`Indexer::process_batch`] takes a batch of records at once: each is decoded and chunked,
-//! then the chunks of all of them are embedded together, so that many small documents still
-//! fill the model's batches; then the store is written in record order, consecutive upserts as
-//! one write (an upsert and a later delete of one document land in that order). [`Indexer::process`] is one record alone (the
-//! worker's retries).
+//! A batch of records goes through together, in three calls the worker can run apart (it
+//! writes one batch while the model embeds the next):
+//! - [`Indexer::prepare`]: each record decoded and chunked (stages 1 and 2);
+//! - [`Indexer::embed_batch`]: the chunks of all of them embedded together, so that many small
+//!   documents still fill the model's passes (stage 3);
+//! - [`Indexer::write`]: the store written in record order, consecutive upserts as one write
+//!   (an upsert and a later delete of one document land in that order) (stage 4).
+//!
+//! [`Indexer::process_batch`] runs the three in a row; [`Indexer::process`] is one record alone
+//! (the worker's retries).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,11 +88,19 @@ impl ProcessError {
     }
 }
 
-/// A record decoded and chunked, waiting for its embeddings.
-struct Prepared {
-    pieces: Vec<String>,
-    /// The schema's declared attributes.
-    attributes: BTreeMap<String, String>,
+/// A record on its way through the stages.
+#[derive(Debug, Clone)]
+pub enum Staged {
+    /// Decoded and chunked (stages 1 and 2); `vectors` holds one embedding per piece once
+    /// stage 3 has run.
+    Upsert {
+        pieces: Vec<String>,
+        /// The schema's declared attributes.
+        attributes: BTreeMap<String, String>,
+        vectors: Vec<Vec<f32>>,
+    },
+    /// Nothing to prepare or embed.
+    Delete,
 }
 
 /// The stages, wired together. Cheap to clone.
@@ -121,68 +134,112 @@ impl Indexer {
     }
 
     /// Records through the pipeline together (see the module's doc), each result in its
-    /// record's place. Each record's stages are spans under its own `span`; the shared
-    /// embedding shows as an `embed` span under every record it served.
+    /// record's place.
     pub async fn process_batch(
         &self,
         records: &[(&DocumentRecord, Span)],
     ) -> Vec<Result<Processed, ProcessError>> {
-        // Stages 1 and 2, record by record.
-        let mut prepared = Vec::with_capacity(records.len());
+        let staged = self.prepare(records).await;
+        let staged = self.embed_batch(staged, records).await;
+        self.write(records, staged).await
+    }
+
+    /// Stages 1 and 2, record by record: decode and chunk each upsert.
+    pub async fn prepare(
+        &self,
+        records: &[(&DocumentRecord, Span)],
+    ) -> Vec<Result<Staged, ProcessError>> {
+        let mut staged = Vec::with_capacity(records.len());
         for (record, span) in records {
-            prepared.push(match record.operation {
-                Operation::Upsert => self.prepare(record, span).await.map(Some),
-                Operation::Delete => Ok(None),
+            staged.push(match record.operation {
+                Operation::Upsert => self.prepare_upsert(record, span).await,
+                Operation::Delete => Ok(Staged::Delete),
             });
         }
-        // Stage 3: the chunks of every record at once.
-        let texts: Vec<String> = prepared
+        staged
+    }
+
+    /// Stage 3: the chunks of every prepared upsert embedded at once, so that many small
+    /// documents still fill the model's passes. Each record's `embed` span (under its own)
+    /// lasts as long as the shared embedding. A failed embedding fails every upsert of the
+    /// batch.
+    pub async fn embed_batch(
+        &self,
+        mut staged: Vec<Result<Staged, ProcessError>>,
+        records: &[(&DocumentRecord, Span)],
+    ) -> Vec<Result<Staged, ProcessError>> {
+        let texts: Vec<String> = staged
             .iter()
-            .flat_map(|p| match p {
-                Ok(Some(p)) => p.pieces.clone(),
+            .flat_map(|s| match s {
+                Ok(Staged::Upsert { pieces, .. }) => pieces.clone(),
                 _ => Vec::new(),
             })
             .collect();
+        if texts.is_empty() {
+            return staged;
+        }
         let spans: Vec<Span> = records
             .iter()
-            .zip(&prepared)
-            .filter_map(|((_, span), p)| match p {
-                Ok(Some(p)) => Some(info_span!(parent: span, "embed", chunks = p.pieces.len(), batch_chunks = texts.len())),
+            .zip(&staged)
+            .filter_map(|((_, span), s)| match s {
+                Ok(Staged::Upsert { pieces, .. }) => Some(info_span!(parent: span, "embed", chunks = pieces.len(), batch_chunks = texts.len())),
                 _ => None,
             })
             .collect();
-        let vectors = if texts.is_empty() {
-            Ok(Vec::new())
-        } else {
-            let started = Instant::now();
-            let vectors = self.embed(texts).await;
-            metrics::histogram!("sluice_worker_embedding_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            vectors
-        };
+        let started = Instant::now();
+        let vectors = self.embed(texts).await;
+        metrics::histogram!("sluice_worker_embedding_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         drop(spans);
-        if let Ok(vectors) = &vectors {
-            metrics::histogram!("sluice_worker_embedding_chunks_per_batch")
-                .record(vectors.len() as f64);
-            metrics::counter!("sluice_worker_chunks_embedded_total")
-                .increment(vectors.len() as u64);
+        let mut vectors = match vectors {
+            Ok(vectors) => {
+                metrics::histogram!("sluice_worker_embedding_chunks_per_batch")
+                    .record(vectors.len() as f64);
+                metrics::counter!("sluice_worker_chunks_embedded_total")
+                    .increment(vectors.len() as u64);
+                vectors.into_iter()
+            }
+            Err(error) => {
+                for s in &mut staged {
+                    if matches!(s, Ok(Staged::Upsert { .. })) {
+                        *s = Err(error.clone());
+                    }
+                }
+                return staged;
+            }
+        };
+        for s in &mut staged {
+            if let Ok(Staged::Upsert {
+                pieces,
+                vectors: mine,
+                ..
+            }) = s
+            {
+                mine.extend(vectors.by_ref().take(pieces.len()));
+            }
         }
-        // Stage 4, in record order: consecutive upserts go to the store as one write; a
-        // delete waits for the upserts before it.
-        let mut vectors = vectors.map(Vec::into_iter);
+        staged
+    }
+
+    /// Stage 4, in record order: consecutive upserts go to the store as one write; a delete
+    /// waits for the upserts before it. `staged` is what [`Indexer::embed_batch`] returned for
+    /// the same records.
+    pub async fn write(
+        &self,
+        records: &[(&DocumentRecord, Span)],
+        staged: Vec<Result<Staged, ProcessError>>,
+    ) -> Vec<Result<Processed, ProcessError>> {
         let mut results: Vec<Option<Result<Processed, ProcessError>>> = vec![None; records.len()];
         let mut run = Vec::new();
-        for (i, ((record, span), prepared)) in records.iter().zip(prepared).enumerate() {
-            match prepared {
+        for (i, ((record, span), staged)) in records.iter().zip(staged).enumerate() {
+            match staged {
                 Err(error) => results[i] = Some(Err(error)),
-                Ok(Some(prepared)) => match &mut vectors {
-                    Err(error) => results[i] = Some(Err(error.clone())),
-                    Ok(vectors) => {
-                        let mine = vectors.by_ref().take(prepared.pieces.len()).collect();
-                        run.push((i, indexed_document(record, prepared, mine)));
-                    }
-                },
-                Ok(None) => {
+                Ok(Staged::Upsert {
+                    pieces,
+                    attributes,
+                    vectors,
+                }) => run.push((i, indexed_document(record, pieces, attributes, vectors))),
+                Ok(Staged::Delete) => {
                     self.upsert(std::mem::take(&mut run), records, &mut results)
                         .await;
                     results[i] = Some(self.delete(record).instrument(span.clone()).await);
@@ -236,11 +293,11 @@ impl Indexer {
     }
 
     /// Stages 1 and 2 of one upsert.
-    async fn prepare(
+    async fn prepare_upsert(
         &self,
         record: &DocumentRecord,
         span: &Span,
-    ) -> Result<Prepared, ProcessError> {
+    ) -> Result<Staged, ProcessError> {
         let (text, attributes) = self
             .decode(record)
             .instrument(info_span!(parent: span, "decode"))
@@ -249,7 +306,11 @@ impl Indexer {
             .chunk(text)
             .instrument(info_span!(parent: span, "chunk"))
             .await?;
-        Ok(Prepared { pieces, attributes })
+        Ok(Staged::Upsert {
+            pieces,
+            attributes,
+            vectors: Vec::new(),
+        })
     }
 
     async fn delete(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
@@ -343,11 +404,11 @@ impl Indexer {
 /// What the store keeps for an upsert: its chunks with their embeddings, and the attributes.
 fn indexed_document(
     record: &DocumentRecord,
-    prepared: Prepared,
+    pieces: Vec<String>,
+    declared: BTreeMap<String, String>,
     vectors: Vec<Vec<f32>>,
 ) -> IndexedDocument {
-    let chunks = prepared
-        .pieces
+    let chunks = pieces
         .into_iter()
         .zip(vectors)
         .enumerate()
@@ -360,7 +421,7 @@ fn indexed_document(
     // Request attributes first; the schema's declared attributes win on a clash because they
     // are part of the validated document.
     let mut attributes = record.attributes.clone();
-    attributes.extend(prepared.attributes);
+    attributes.extend(declared);
     IndexedDocument {
         tenant: record.tenant.to_string(),
         document_id: record.document_id.clone(),

@@ -1,13 +1,13 @@
-//! What the worker hears of the group's rebalances, so that it never commits a partition the
-//! group has given to another worker.
+//! What the worker hears of the group's rebalances, so that it never writes or commits records
+//! of a partition the group has given to another worker.
 //!
-//! Rebalances happen inside `recv()`, and the worker calls it only between batches and while it
-//! gathers one. A batch being processed is therefore always finished (committed or aborted)
-//! before its partitions can move. But a partition can be revoked while a batch is gathered:
-//! the records of it received before the revocation are then stale (their new owner, or this
-//! worker again after a re-assignment, resumes from the committed offset and reads them
-//! again), and must not be processed or committed here. Records received after it are fresh.
-//! [`Rebalances`] numbers the revocations so the batch can tell the two apart.
+//! Rebalances happen inside `recv()`. The worker calls it while it gathers a batch and while the
+//! model embeds the one before, but never while it writes a batch to the store or commits it.
+//! So a partition can be revoked after some of its records were received and before they are
+//! written: those records are then stale (their new owner, or this worker again after a
+//! re-assignment, resumes from the committed offset and reads them again), and must not be
+//! written or committed here. Records received after the revocation are fresh. [`Rebalances`]
+//! numbers the revocations so the worker can tell the two apart, right before each write.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ pub type Partition = (String, i32);
 pub struct Rebalances {
     /// The number of the latest revocation.
     epoch: AtomicU64,
-    /// Revocations not yet looked at: their number and partitions.
+    /// Revocations that may still make a held record stale: their number and partitions.
     revoked: Mutex<Vec<(u64, HashSet<Partition>)>>,
 }
 
@@ -53,15 +53,29 @@ impl Rebalances {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Takes the revocations seen so far (the next batch starts with none).
-    pub fn take(&self) -> Vec<(u64, HashSet<Partition>)> {
-        std::mem::take(&mut *self.revoked.lock().expect("revocations lock"))
+    /// Whether a record of `partition` received at revocation number `received_at` is stale.
+    pub fn is_stale(&self, partition: &Partition, received_at: u64) -> bool {
+        is_stale(
+            partition,
+            received_at,
+            &self.revoked.lock().expect("revocations lock"),
+        )
+    }
+
+    /// Forgets the revocations that can make no record stale any more: those up to `oldest`,
+    /// the revocation number of the oldest record still held (everything, when none is).
+    pub fn forget(&self, oldest: Option<u64>) {
+        let mut revoked = self.revoked.lock().expect("revocations lock");
+        match oldest {
+            Some(oldest) => revoked.retain(|(epoch, _)| *epoch > oldest),
+            None => revoked.clear(),
+        }
     }
 }
 
 /// Whether a record of `partition`, received at revocation number `received_at`, is stale:
 /// a later revocation took its partition.
-pub fn is_stale(
+fn is_stale(
     partition: &Partition,
     received_at: u64,
     revocations: &[(u64, HashSet<Partition>)],
@@ -92,5 +106,23 @@ mod tests {
         // Never revoked.
         assert!(!is_stale(&p(5), 0, &revocations));
         assert!(!is_stale(&p(0), 0, &[]));
+    }
+
+    #[test]
+    fn revocations_are_forgotten_once_no_held_record_predates_them() {
+        let rebalances = Rebalances::default();
+        rebalances
+            .revoked
+            .lock()
+            .unwrap()
+            .extend([(1, HashSet::from([p(0)])), (2, HashSet::from([p(1)]))]);
+        assert!(rebalances.is_stale(&p(0), 0));
+        // The oldest record held was received after revocation 1: only 2 still matters.
+        rebalances.forget(Some(1));
+        assert!(!rebalances.is_stale(&p(0), 0));
+        assert!(rebalances.is_stale(&p(1), 1));
+        // Nothing held: nothing to remember.
+        rebalances.forget(None);
+        assert!(!rebalances.is_stale(&p(1), 1));
     }
 }
