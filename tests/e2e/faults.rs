@@ -8,7 +8,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Statement};
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::IngestBatchRequest;
 use sluice_tests::{as_tenant, document, rate_retry_delay, read_topic, Broker, GatewayProcess};
@@ -182,19 +181,7 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
     );
 
     // Exactly one terminal event per ingestion, in the log watch streams read.
-    let terminal = database
-        .query_all(Statement::from_string(
-            database.get_database_backend(),
-            "SELECT ingestion_id, COUNT(*) FROM ingestion_events WHERE state <> 'accepted' GROUP BY ingestion_id",
-        ))
-        .await
-        .unwrap();
-    let mut events_per_ingestion = HashMap::new();
-    for row in terminal {
-        let id: String = row.try_get_by_index(0).unwrap();
-        let count: i64 = row.try_get_by_index(1).unwrap();
-        events_per_ingestion.insert(id, count);
-    }
+    let events_per_ingestion = sluice_tests::terminal_events(&database).await;
     for id in &ids {
         assert_eq!(
             events_per_ingestion.get(id),

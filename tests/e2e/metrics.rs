@@ -317,7 +317,6 @@ async fn prometheus_sees_the_lag_rise_and_fall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extra_workers_say_they_are_idle_and_take_over_when_one_leaves() {
     use sluice_worker::health::{ModelCheck, WorkerHealth};
-    use sluice_worker::Worker;
     use tokio_util::sync::CancellationToken;
 
     let group = format!("workers-{}", uuid::Uuid::new_v4().simple());
@@ -336,16 +335,7 @@ async fn extra_workers_say_they_are_idle_and_take_over_when_one_leaves() {
     let mut health = Vec::new();
     let mut servers = Vec::new();
     for i in 0..4 {
-        let mut settings = stack.config.worker.clone();
-        settings.instance_id = format!("extra-{i}-{}", uuid::Uuid::new_v4().simple());
-        let indexer = sluice_worker::indexer_for(
-            &stack.config,
-            shared.schemas.clone(),
-            shared.embedder.clone(),
-            shared.store.clone(),
-        )
-        .unwrap();
-        let worker = Worker::new(stack.config.kafka.clone(), settings, indexer);
+        let worker = stack.worker(&format!("extra-{i}"));
         let (lag, lag_task) = sluice_core::lag::spawn(
             &stack.config.kafka,
             &group,

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Statement};
 use sluice_core::proto::DeleteDocumentRequest;
-use sluice_tests::{as_tenant, assert_points, document, ingest_batch, metric_sum, Database, Stack};
-use sluice_worker::{Worker, WorkerHandle};
+use sluice_tests::{
+    as_tenant, assert_points, document, ingest_batch, metric_sum, terminal_events, Database, Stack,
+};
 
 const TENANT: &str = "acme";
 const BATCHES: usize = 30;
@@ -34,19 +34,7 @@ async fn workers_coming_and_going_lose_nothing_and_bring_nothing_back() {
     stack.generous_tenant(TENANT).await;
     // Workers of our own, in the stack's group, so they can come and go.
     stack.standalone_mut().stop_worker().await;
-    let spawn = |n: usize| -> WorkerHandle {
-        let shared = &stack.standalone().shared;
-        let mut settings = stack.config.worker.clone();
-        settings.instance_id = format!("churn-{n}-{}", uuid::Uuid::new_v4().simple());
-        let indexer = sluice_worker::indexer_for(
-            &stack.config,
-            shared.schemas.clone(),
-            shared.embedder.clone(),
-            shared.store.clone(),
-        )
-        .unwrap();
-        Worker::new(stack.config.kafka.clone(), settings, indexer).spawn()
-    };
+    let spawn = |n: usize| stack.worker(&format!("churn-{n}")).spawn();
     let mut workers = vec![spawn(0)];
     let mut spawned = 1;
 
@@ -139,22 +127,7 @@ async fn workers_coming_and_going_lose_nothing_and_bring_nothing_back() {
     println!("all ended after {:.1?}", started.elapsed());
 
     // Exactly one terminal event each.
-    let terminal = database
-        .query_all(Statement::from_string(
-            database.get_database_backend(),
-            "SELECT ingestion_id, COUNT(*) FROM ingestion_events WHERE state <> 'accepted' GROUP BY ingestion_id",
-        ))
-        .await
-        .unwrap();
-    let counts: HashMap<String, i64> = terminal
-        .into_iter()
-        .map(|row| {
-            (
-                row.try_get_by_index(0).unwrap(),
-                row.try_get_by_index(1).unwrap(),
-            )
-        })
-        .collect();
+    let counts = terminal_events(&database).await;
     for id in &ids {
         assert_eq!(counts.get(id), Some(&1), "terminal events of {id}");
     }

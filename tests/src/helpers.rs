@@ -176,3 +176,26 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
 }
+
+/// How many terminal events (INDEXED, FAILED, DELETED) each ingestion has in the event log
+/// that watch streams read: exactly one is the promise.
+pub async fn terminal_events(
+    database: &sea_orm::DatabaseConnection,
+) -> std::collections::HashMap<String, i64> {
+    use sea_orm::{ConnectionTrait, Statement};
+    database
+        .query_all(Statement::from_string(
+            database.get_database_backend(),
+            "SELECT ingestion_id, COUNT(*) FROM ingestion_events WHERE state <> 'accepted' GROUP BY ingestion_id",
+        ))
+        .await
+        .expect("count terminal events")
+        .into_iter()
+        .map(|row| {
+            (
+                row.try_get_by_index(0).expect("ingestion id"),
+                row.try_get_by_index(1).expect("count"),
+            )
+        })
+        .collect()
+}

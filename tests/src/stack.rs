@@ -222,6 +222,22 @@ impl Stack {
         .await;
     }
 
+    /// A worker of the stack's group beside the standalone one, sharing its model, store and
+    /// schemas (`instance` keeps its transactional id apart). Spawn it to start it.
+    pub fn worker(&self, instance: &str) -> sluice_worker::Worker {
+        let shared = &self.standalone().shared;
+        let mut settings = self.config.worker.clone();
+        settings.instance_id = format!("{instance}-{}", uuid::Uuid::new_v4().simple());
+        let indexer = sluice_worker::indexer_for(
+            &self.config,
+            shared.schemas.clone(),
+            shared.embedder.clone(),
+            shared.store.clone(),
+        )
+        .expect("an indexer");
+        sluice_worker::Worker::new(self.config.kafka.clone(), settings, indexer)
+    }
+
     pub fn standalone(&self) -> &Standalone {
         self.standalone.as_ref().expect("running")
     }
