@@ -154,6 +154,21 @@ async fn main() {
             1000.0 * sum / count.max(1.0)
         );
     }
+    // The gateway's side: completions recorded, and in how many database transactions.
+    let recorded = metric_sum(&metrics, "sluice_worker_documents_indexed_total", &[]);
+    let applied = |suffix: &str| {
+        metric_sum(
+            &metrics,
+            &format!("sluice_gateway_database_duration_seconds{suffix}"),
+            &["operation=\"apply_completion\""],
+        )
+    };
+    let (sum, transactions) = (applied("_sum"), applied("_count"));
+    println!(
+        "gateway: {recorded:.0} completions recorded in {transactions:.0} database transactions \
+         ({:.1} ms each)",
+        1000.0 * sum / transactions.max(1.0)
+    );
     stack.shutdown().await;
 
     let Some(url) = qdrant_url("the pipeline bench on a Qdrant server") else {

@@ -161,8 +161,32 @@ pub async fn apply_completion(
     db: &DatabaseConnection,
     completion: &Completion,
 ) -> Result<Vec<Change>, DbErr> {
-    let state = outcome_state(completion.outcome);
+    let mut changes = apply_completions(db, std::slice::from_ref(completion)).await?;
+    Ok(changes.remove(0))
+}
+
+/// Applies completions in order, in one database transaction (a worker commits its
+/// completions in batches, and they arrive together): each one's events, as
+/// [`apply_completion`] returns them, in its place.
+pub async fn apply_completions(
+    db: &DatabaseConnection,
+    completions: &[Completion],
+) -> Result<Vec<Vec<Change>>, DbErr> {
     let txn = begin_event_write(db).await?;
+    let mut changes = Vec::with_capacity(completions.len());
+    for completion in completions {
+        changes.push(apply_in(&txn, completion).await?);
+    }
+    txn.commit().await?;
+    Ok(changes)
+}
+
+/// One completion, inside the caller's event-writing transaction.
+async fn apply_in(
+    txn: &DatabaseTransaction,
+    completion: &Completion,
+) -> Result<Vec<Change>, DbErr> {
+    let state = outcome_state(completion.outcome);
     // Conditional on `accepted`, so of two deliveries (or two gateways) exactly one moves it.
     let moved = Entity::update_many()
         .col_expr(Column::State, Expr::value(state))
@@ -181,11 +205,11 @@ pub async fn apply_completion(
         .filter(Column::IngestionId.eq(&completion.ingestion_id))
         .filter(Column::Tenant.eq(&completion.tenant))
         .filter(Column::State.eq(ACCEPTED))
-        .exec(&txn)
+        .exec(txn)
         .await?
         .rows_affected;
     let events = if moved == 1 {
-        get(&txn, &completion.tenant, &completion.ingestion_id)
+        get(txn, &completion.tenant, &completion.ingestion_id)
             .await?
             .into_iter()
             .collect()
@@ -222,7 +246,7 @@ pub async fn apply_completion(
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
         if inserted == 1 {
             vec![accepted, ended]
@@ -230,9 +254,7 @@ pub async fn apply_completion(
             Vec::new()
         }
     };
-    let changes = append_events(&txn, events).await?;
-    txn.commit().await?;
-    Ok(changes)
+    append_events(txn, events).await
 }
 
 /// The latest event of one ingestion in the log, if any.
@@ -556,6 +578,54 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].ingestion_id, "i3");
         assert_eq!(found[0].content_hash.as_deref(), Some("hash-3"));
+    }
+
+    /// Completions applied together: each as if alone, in order, in one transaction.
+    async fn exercise_together(db: sea_orm::DatabaseConnection) {
+        record_accepted(&db, vec![accepted("j1", "a"), accepted("j2", "a")])
+            .await
+            .unwrap();
+        let changes = apply_completions(
+            &db,
+            &[
+                completion("j1", Outcome::Indexed),
+                // A duplicate in the same batch: the first one won.
+                completion("j1", Outcome::Failed),
+                completion("j2", Outcome::Failed),
+                // Overtook the gateway's record.
+                completion("j3", Outcome::Indexed),
+            ],
+        )
+        .await
+        .unwrap();
+        let states: Vec<Vec<(&str, i64)>> = changes
+            .iter()
+            .map(|c| c.iter().map(|c| (c.row.state.as_str(), c.seq)).collect())
+            .collect();
+        assert_eq!(
+            states,
+            [
+                vec![(INDEXED, 3)],
+                vec![],
+                vec![(FAILED, 4)],
+                vec![(ACCEPTED, 5), (INDEXED, 6)]
+            ]
+        );
+        assert_eq!(get(&db, "a", "j1").await.unwrap().unwrap().state, INDEXED);
+        assert_eq!(latest_seq(&db, "a").await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn completions_together_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+        exercise_together(super::super::connect(&url).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn completions_together_on_postgres() {
+        let url = crate::db::testing::fresh_postgres_database().await;
+        exercise_together(super::super::connect(&url).await.unwrap()).await;
     }
 
     #[tokio::test]

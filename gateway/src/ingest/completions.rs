@@ -1,7 +1,9 @@
 //! Consumes the workers' completion events into the database and the hub.
 //!
 //! Every gateway instance reads every completion (its own consumer group), because any
-//! instance may hold the watch stream or waiting call an event is for. The database update is
+//! instance may hold the watch stream or waiting call an event is for. Completions that arrive
+//! together (a worker commits a batch's at once) are recorded in one database transaction,
+//! then their waiters are woken, each under its own trace span. The database update is
 //! first-terminal-wins, so duplicates (several gateways, a broker that shows aborted records,
 //! redelivery after a restart) end each ingestion once in the log. Every delivery wakes this
 //! gateway's waiters, though: with several gateways on one database, another gateway may have
@@ -11,11 +13,13 @@ use sluice_core::telemetry::Chain;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use sea_orm::DatabaseConnection;
 use sluice_core::config::KafkaConfig;
-use sluice_core::db::projection;
+use sluice_core::db::projection::{self, Change};
 use sluice_core::kafka::read_committed_consumer;
 use sluice_core::record::Completion;
 use tokio::task::JoinHandle;
@@ -24,6 +28,9 @@ use tracing::Instrument;
 
 use crate::ingest::hub::Hub;
 use crate::ingest::service::to_proto;
+
+/// Completions recorded in one database transaction, at most.
+const MAX_APPLIED_TOGETHER: usize = 64;
 
 pub fn spawn(
     kafka: KafkaConfig,
@@ -50,7 +57,7 @@ pub fn spawn(
                 _ = shutdown.cancelled() => break,
                 message = consumer.recv() => message,
             };
-            let message = match message {
+            let first = match message {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(error = %Chain(&error), "completion consumer error");
@@ -58,27 +65,33 @@ pub fn spawn(
                     continue;
                 }
             };
-            // The end of the document's trace: the completion recorded, waiters woken.
-            let span = tracing::info_span!(
-                "process",
-                otel.name = %format!("process {}", message.topic()),
-                otel.kind = "consumer",
-                messaging.system = "kafka",
-                messaging.operation.type = "process",
-                messaging.destination.name = %message.topic(),
-                messaging.destination.partition.id = message.partition(),
-            );
-            sluice_core::telemetry::extract(&span, |key| {
-                sluice_core::kafka::header_text(&message, key)
-            });
-            match Completion::from_json(message.payload().unwrap_or_default()) {
-                Ok(completion) => apply(&db, &hub, &completion).instrument(span).await,
-                Err(error) => {
-                    tracing::error!(error = %Chain(&error), offset = message.offset(), "unreadable completion skipped")
+            // The completions already here go with it, into one database transaction: a
+            // worker commits a batch's completions together, so they arrive together.
+            let mut messages = vec![first];
+            while messages.len() < MAX_APPLIED_TOGETHER {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(message)) => messages.push(message),
+                    Some(Err(error)) => {
+                        tracing::warn!(error = %Chain(&error), "completion consumer error");
+                        break;
+                    }
+                    None => break,
                 }
             }
-            if let Err(error) = consumer.store_offset_from_message(&message) {
-                tracing::warn!(error = %Chain(&error), "cannot store completion offset");
+            let mut completions = Vec::with_capacity(messages.len());
+            for message in &messages {
+                match Completion::from_json(message.payload().unwrap_or_default()) {
+                    Ok(completion) => completions.push((process_span(message), completion)),
+                    Err(error) => {
+                        tracing::error!(error = %Chain(&error), offset = message.offset(), "unreadable completion skipped")
+                    }
+                }
+            }
+            apply(&db, &hub, completions).await;
+            for message in &messages {
+                if let Err(error) = consumer.store_offset_from_message(message) {
+                    tracing::warn!(error = %Chain(&error), "cannot store completion offset");
+                }
             }
         }
         // Closing commits the stored offsets and leaves the group; it blocks (up to librdkafka's
@@ -88,22 +101,50 @@ pub fn spawn(
     }))
 }
 
-/// Applies one completion; retries the database until it answers, since skipping would lose
-/// the event for watchers.
-async fn apply(db: &DatabaseConnection, hub: &Hub, completion: &Completion) {
+/// The end of the document's trace: the completion recorded, waiters woken. A child of the
+/// worker's `process` span when the record carries its trace context.
+fn process_span(message: &BorrowedMessage<'_>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {}", message.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = %message.topic(),
+        messaging.destination.partition.id = message.partition(),
+    );
+    sluice_core::telemetry::extract(&span, |key| sluice_core::kafka::header_text(message, key));
+    span
+}
+
+/// Applies completions, in one database transaction, then wakes their waiters; retries the
+/// database until it answers, since skipping would lose the events for watchers. Each
+/// completion's span lasts until its waiters are woken.
+async fn apply(db: &DatabaseConnection, hub: &Hub, completions: Vec<(tracing::Span, Completion)>) {
+    if completions.is_empty() {
+        return;
+    }
     let started = std::time::Instant::now();
-    let changes = (|| projection::apply_completion(db, completion))
+    let all: Vec<Completion> = completions.iter().map(|(_, c)| c.clone()).collect();
+    let changes = (|| projection::apply_completions(db, &all))
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(Duration::from_secs(5))
                 .without_max_times(),
         )
-        .notify(|error, pause| tracing::warn!(error = %Chain(error), ?pause, "cannot record completion; retrying"))
+        .notify(|error, pause| tracing::warn!(error = %Chain(error), ?pause, "cannot record completions; retrying"))
         .await
         .expect("retried without limit");
     metrics::histogram!("sluice_gateway_database_duration_seconds", "operation" => "apply_completion")
         .record(started.elapsed().as_secs_f64());
+    for ((span, completion), changes) in completions.into_iter().zip(changes) {
+        wake(db, hub, &completion, changes).instrument(span).await;
+    }
+}
+
+/// Hands one applied completion's events to this gateway's waiters.
+async fn wake(db: &DatabaseConnection, hub: &Hub, completion: &Completion, changes: Vec<Change>) {
     // Already ended: a duplicate, or another gateway sharing the database recorded it first.
     // This gateway's waiting calls and watch streams must hear of it all the same (they may be
     // waiting for exactly this), so its end is handed on again; a watch stream reads the log
