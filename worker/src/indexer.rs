@@ -149,14 +149,44 @@ impl Indexer {
         &self,
         records: &[(&DocumentRecord, Span)],
     ) -> Vec<Result<Staged, ProcessError>> {
-        let mut staged = Vec::with_capacity(records.len());
+        // Stage 1 record by record: a schema may have to be fetched.
+        let mut decoded = Vec::with_capacity(records.len());
         for (record, span) in records {
-            staged.push(match record.operation {
-                Operation::Upsert => self.prepare_upsert(record, span).await,
-                Operation::Delete => Ok(Staged::Delete),
+            decoded.push(match record.operation {
+                Operation::Upsert => self
+                    .decode(record)
+                    .instrument(info_span!(parent: span, "decode"))
+                    .await
+                    .map(Some),
+                Operation::Delete => Ok(None),
             });
         }
-        staged
+        // Stage 2 for all of them in one blocking call (CPU work, off the async threads).
+        let chunker = self.chunker.clone();
+        let spans: Vec<Span> = records.iter().map(|(_, span)| span.clone()).collect();
+        let count = decoded.len();
+        tokio::task::spawn_blocking(move || {
+            decoded
+                .into_iter()
+                .zip(spans)
+                .map(|(decoded, span)| match decoded? {
+                    None => Ok(Staged::Delete),
+                    Some((text, attributes)) => {
+                        let _chunk = info_span!(parent: &span, "chunk").entered();
+                        Ok(Staged::Upsert {
+                            pieces: chunk(&chunker, &text)?,
+                            attributes,
+                            vectors: Vec::new(),
+                        })
+                    }
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let error = ProcessError::Transient(format!("chunking: {}", Chain(&e)));
+            vec![Err(error); count]
+        })
     }
 
     /// Stage 3: the chunks of every prepared upsert embedded at once, so that many small
@@ -292,27 +322,6 @@ impl Indexer {
         }
     }
 
-    /// Stages 1 and 2 of one upsert.
-    async fn prepare_upsert(
-        &self,
-        record: &DocumentRecord,
-        span: &Span,
-    ) -> Result<Staged, ProcessError> {
-        let (text, attributes) = self
-            .decode(record)
-            .instrument(info_span!(parent: span, "decode"))
-            .await?;
-        let pieces = self
-            .chunk(text)
-            .instrument(info_span!(parent: span, "chunk"))
-            .await?;
-        Ok(Staged::Upsert {
-            pieces,
-            attributes,
-            vectors: Vec::new(),
-        })
-    }
-
     async fn delete(&self, record: &DocumentRecord) -> Result<Processed, ProcessError> {
         let removed = self
             .store
@@ -375,19 +384,6 @@ impl Indexer {
         Ok((content.text, content.attributes))
     }
 
-    /// Stage 2: text → chunks of at most the configured number of model tokens.
-    async fn chunk(&self, text: String) -> Result<Vec<String>, ProcessError> {
-        let chunker = self.chunker.clone();
-        let chunks = tokio::task::spawn_blocking(move || chunker.split_document(&text))
-            .await
-            .map_err(|e| ProcessError::Transient(format!("chunking: {}", Chain(&e))))?
-            .map_err(|too_long| ProcessError::Rejected(format!("text: {too_long}")))?;
-        if chunks.is_empty() {
-            return Err(ProcessError::Rejected("text: nothing to index".into()));
-        }
-        Ok(chunks)
-    }
-
     /// Stage 3: chunks → embeddings (CPU-bound, so off the async threads).
     async fn embed(&self, chunks: Vec<String>) -> Result<Vec<Vec<f32>>, ProcessError> {
         let embedder = self.embedder.clone();
@@ -399,6 +395,17 @@ impl Indexer {
         .map_err(|e| ProcessError::Transient(format!("embedding: {}", Chain(&e))))?
         .map_err(|e| ProcessError::Transient(format!("embedding: {}", Chain(&e))))
     }
+}
+
+/// Stage 2: text → chunks of at most the configured number of model tokens.
+fn chunk(chunker: &Chunker, text: &str) -> Result<Vec<String>, ProcessError> {
+    let chunks = chunker
+        .split_document(text)
+        .map_err(|too_long| ProcessError::Rejected(format!("text: {too_long}")))?;
+    if chunks.is_empty() {
+        return Err(ProcessError::Rejected("text: nothing to index".into()));
+    }
+    Ok(chunks)
 }
 
 /// What the store keeps for an upsert: its chunks with their embeddings, and the attributes.
