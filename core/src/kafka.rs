@@ -53,6 +53,23 @@ pub fn with_headers(headers: OwnedHeaders, extra: &[(String, String)]) -> OwnedH
     })
 }
 
+/// A consumed record's `process` span (OpenTelemetry's messaging conventions), a child of
+/// the producer's span when the record carries its trace context.
+pub fn process_span(message: &impl rdkafka::Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {}", message.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = %message.topic(),
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+    );
+    crate::telemetry::extract(&span, |key| header_text(message, key));
+    span
+}
+
 /// The last value of header `key` on a message, as text.
 pub fn header_text(message: &impl rdkafka::Message, key: &str) -> Option<String> {
     use rdkafka::message::Headers;

@@ -305,9 +305,11 @@ impl Worker {
             return None;
         }
         let (messages, epochs): (Vec<OwnedMessage>, Vec<u64>) = fresh.into_iter().unzip();
-        // One span per record (OpenTelemetry's messaging conventions), a child of the
-        // gateway's `send` when the record carries its trace context.
-        let spans: Vec<Span> = messages.iter().map(process_span).collect();
+        // One span per record, a child of the gateway's `send`.
+        let spans: Vec<Span> = messages
+            .iter()
+            .map(sluice_core::kafka::process_span)
+            .collect();
         let records: Vec<Result<DocumentRecord, MalformedRecord>> =
             messages.iter().map(DocumentRecord::from_message).collect();
         let inputs: Vec<(DocumentRecord, Span)> = records
@@ -745,20 +747,4 @@ fn position(message: &OwnedMessage) -> Position {
         partition: message.partition(),
         offset: message.offset(),
     }
-}
-
-/// A record's `process` span.
-fn process_span(message: &OwnedMessage) -> Span {
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format!("process {}", message.topic()),
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.destination.name = %message.topic(),
-        messaging.destination.partition.id = message.partition(),
-        messaging.kafka.offset = message.offset(),
-    );
-    sluice_core::telemetry::extract(&span, |key| sluice_core::kafka::header_text(message, key));
-    span
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use sea_orm::DatabaseConnection;
 use sluice_core::config::KafkaConfig;
@@ -78,16 +77,20 @@ pub fn spawn(
                     None => break,
                 }
             }
-            let mut completions = Vec::with_capacity(messages.len());
+            let (mut spans, mut completions) = (Vec::new(), Vec::new());
             for message in &messages {
                 match Completion::from_json(message.payload().unwrap_or_default()) {
-                    Ok(completion) => completions.push((process_span(message), completion)),
+                    // The end of the document's trace: the completion recorded, waiters woken.
+                    Ok(completion) => {
+                        spans.push(sluice_core::kafka::process_span(message));
+                        completions.push(completion);
+                    }
                     Err(error) => {
                         tracing::error!(error = %Chain(&error), offset = message.offset(), "unreadable completion skipped")
                     }
                 }
             }
-            apply(&db, &hub, completions).await;
+            apply(&db, &hub, spans, completions).await;
             for message in &messages {
                 if let Err(error) = consumer.store_offset_from_message(message) {
                     tracing::warn!(error = %Chain(&error), "cannot store completion offset");
@@ -101,32 +104,20 @@ pub fn spawn(
     }))
 }
 
-/// The end of the document's trace: the completion recorded, waiters woken. A child of the
-/// worker's `process` span when the record carries its trace context.
-fn process_span(message: &BorrowedMessage<'_>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format!("process {}", message.topic()),
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.destination.name = %message.topic(),
-        messaging.destination.partition.id = message.partition(),
-    );
-    sluice_core::telemetry::extract(&span, |key| sluice_core::kafka::header_text(message, key));
-    span
-}
-
 /// Applies completions, in one database transaction, then wakes their waiters; retries the
 /// database until it answers, since skipping would lose the events for watchers. Each
 /// completion's span lasts until its waiters are woken.
-async fn apply(db: &DatabaseConnection, hub: &Hub, completions: Vec<(tracing::Span, Completion)>) {
+async fn apply(
+    db: &DatabaseConnection,
+    hub: &Hub,
+    spans: Vec<tracing::Span>,
+    completions: Vec<Completion>,
+) {
     if completions.is_empty() {
         return;
     }
     let started = std::time::Instant::now();
-    let all: Vec<Completion> = completions.iter().map(|(_, c)| c.clone()).collect();
-    let changes = (|| projection::apply_completions(db, &all))
+    let changes = (|| projection::apply_completions(db, &completions))
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -138,8 +129,8 @@ async fn apply(db: &DatabaseConnection, hub: &Hub, completions: Vec<(tracing::Sp
         .expect("retried without limit");
     metrics::histogram!("sluice_gateway_database_duration_seconds", "operation" => "apply_completion")
         .record(started.elapsed().as_secs_f64());
-    for ((span, completion), changes) in completions.into_iter().zip(changes) {
-        wake(db, hub, &completion, changes).instrument(span).await;
+    for ((span, completion), changes) in spans.into_iter().zip(&completions).zip(changes) {
+        wake(db, hub, completion, changes).instrument(span).await;
     }
 }
 
