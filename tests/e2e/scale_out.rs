@@ -4,6 +4,7 @@
 //! completions consumer, idempotency locks and quota limiters (only the model and the
 //! embedded store's handle are shared, for search).
 //!
+//! - an ingestion one gateway accepted is found on the other right after the OK;
 //! - completions reach watchers and waiting calls on the gateway that did not accept the
 //!   ingestion, promptly;
 //! - the same idempotency key through both gateways at the same instant writes once;
@@ -18,8 +19,8 @@ use sluice_core::proto::document::Payload;
 use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::schema_service_client::SchemaServiceClient;
 use sluice_core::proto::{
-    Document, IngestBatchRequest, IngestRequest, IngestionState, RegisterSchemaRequest,
-    WatchIngestionsRequest,
+    Document, GetIngestionRequest, IngestBatchRequest, IngestRequest, IngestionState,
+    RegisterSchemaRequest, WatchIngestionsRequest,
 };
 use sluice_core::record::DocumentRecord;
 use sluice_core::tenants::Quotas;
@@ -126,13 +127,29 @@ async fn watchers_and_waiting_calls_on_one_gateway_see_ingestions_accepted_by_an
             ))
             .await
             .unwrap();
-        accepted.extend(
-            response
-                .into_inner()
-                .ingestions
-                .into_iter()
-                .map(|i| i.ingestion_id),
-        );
+        let ids: Vec<String> = response
+            .into_inner()
+            .ingestions
+            .into_iter()
+            .map(|i| i.ingestion_id)
+            .collect();
+        // B answers once the batch is in Kafka and records it just after: asked at once, A
+        // (first) and B find every ingestion all the same.
+        for (name, client) in [("A", &on_a), ("B", &on_b)] {
+            let lookups = ids.iter().map(|id| {
+                let mut client = client.clone();
+                let request = GetIngestionRequest {
+                    ingestion_id: id.clone(),
+                };
+                async move { client.get_ingestion(as_tenant(TENANT, request)).await }
+            });
+            for (id, found) in ids.iter().zip(futures::future::join_all(lookups).await) {
+                let found = found
+                    .unwrap_or_else(|e| panic!("{name} did not find {id} right after the OK: {e}"));
+                assert_eq!(found.into_inner().ingestion_id, *id);
+            }
+        }
+        accepted.extend(ids);
     }
 
     // Waiting calls on A for ingestions B accepted: the same key, so A answers with B's

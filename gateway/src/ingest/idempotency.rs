@@ -8,12 +8,14 @@
 //! re-send is a change of its own).
 //!
 //! Within one gateway, requests with the same key (or the same document) take turns from
-//! lookup to commit, so two copies arriving together are written once. Across gateways a key
+//! lookup to recording, so two copies arriving together are written once. Across gateways a key
 //! is claimed in the database before the write ([`sluice_core::db::claim`]): the primary key
-//! lets one gateway win, and the others wait for its ingestion and answer with it. Copies
-//! without a key racing through two gateways at the same instant can both be written;
-//! indexing the same content twice leaves the same points, so the document is still indexed
-//! once.
+//! lets one gateway win, and the others wait for its ingestion and answer with it. A request
+//! with keys claims before it looks anything up: claims live as long as the window, so a new
+//! request costs one insert, and only a held key sends it looking for the ingestions it
+//! repeats. Copies without a key racing through two gateways at the same instant can both be
+//! written; indexing the same content twice leaves the same points, so the document is still
+//! indexed once.
 //!
 //! A claim whose write failed is released at once. One left by a gateway that died between
 //! claiming and recording is forgotten after [`CLAIM_LEASE`] (twice the Kafka transaction
@@ -161,16 +163,19 @@ impl Idempotency {
         Ok(Some(repeats))
     }
 
-    /// Claims the request's keys in the database, all or none (see the module's doc).
+    /// Claims the request's keys in the database (see the module's doc).
     pub async fn claim(
         &self,
         tenant: &TenantId,
         records: &[DocumentRecord],
         keys: &[Option<String>],
     ) -> Result<Claimed, DbErr> {
+        // A request's keys all come from its one key (IngestBatch's `key#i`), so claiming its
+        // first record's key claims the request: one row however large the batch.
         let claims: Vec<(String, String)> = records
             .iter()
             .zip(keys)
+            .take(1)
             .filter_map(|(record, key)| Some((key.clone()?, record.ingestion_id.clone())))
             .collect();
         let now = now_ms();

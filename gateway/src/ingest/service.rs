@@ -3,12 +3,13 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use prost::Message;
 use sea_orm::DatabaseConnection;
 use sluice_core::db::{ingestion, projection};
+use sluice_core::kafka::TransactionError;
 use sluice_core::proto::ingest_service_server::IngestService;
 use sluice_core::proto::{
     DeleteDocumentRequest, DeleteDocumentResponse, GetIngestionRequest, IngestBatchRequest,
@@ -18,7 +19,7 @@ use sluice_core::proto::{
 use sluice_core::record::DocumentRecord;
 use sluice_core::telemetry::Chain;
 use sluice_core::tenant::TenantId;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,12 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// ingestion, and how often it looks.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
 const CLAIM_POLL: Duration = Duration::from_millis(20);
+/// Ingest answers OK once the records are in Kafka and records them in the database just
+/// after; for this long after its acceptance GetIngestion and WatchIngestions look again for
+/// an ingestion they do not find yet, so a client that asks right after its OK (on any
+/// gateway) finds it.
+const RECORDING_GRACE: Duration = Duration::from_secs(2);
+const RECORDING_POLL: Duration = Duration::from_millis(10);
 
 pub struct IngestApi {
     pub auth: Authenticator,
@@ -93,15 +100,22 @@ impl IngestApi {
         for (record, key) in records.iter_mut().zip(&idempotency_keys) {
             record.idempotency_key.clone_from(key);
         }
+        // The answer comes back as soon as the records are durably in Kafka; the task goes on
+        // to record them in the database, still holding the turn, so a repeat of this request
+        // finds them recorded.
+        let (answer, answered) = oneshot::channel();
         tokio::spawn(
             async move {
                 let _turn = turn;
-                write.accept(&tenant, &records, idempotency_keys).await
+                write
+                    .accept(&tenant, &records, idempotency_keys, answer)
+                    .await
             }
             .in_current_span(),
-        )
-        .await
-        .map_err(|_| Status::internal("the write task failed; nothing may have been written"))?
+        );
+        answered
+            .await
+            .map_err(|_| Status::internal("the write task failed; nothing may have been written"))?
     }
 
     /// Waits for the ingestion to end, within the client's deadline, while the caller may
@@ -192,56 +206,96 @@ struct Write {
 }
 
 impl Write {
-    /// The earlier ingestions when this repeats a request; else claims the keys across
-    /// gateways (while another gateway writes one of them, its ingestion is looked for again
-    /// until it is recorded), writes, and gives the keys back if the write failed.
+    /// Answers with the earlier ingestions when this repeats a request. Otherwise claims the
+    /// keys across gateways (while another gateway writes one of them, its ingestion is
+    /// looked for again until it is recorded), writes, and gives the keys back if the write
+    /// failed.
     async fn accept(
         &self,
         tenant: &TenantId,
         records: &[DocumentRecord],
         idempotency_keys: Vec<Option<String>>,
-    ) -> Result<Vec<Ingestion>, Status> {
-        let waiting_since = Instant::now();
-        let claims = loop {
-            if let Some(first) = self
-                .idempotency
-                .repeated(tenant, records, &idempotency_keys)
-                .await
-                .map_err(status::database)?
-            {
-                return Ok(first.iter().map(to_proto).collect());
+        answer: Answer,
+    ) {
+        let claims = match self.claim(tenant, records, &idempotency_keys).await {
+            Ok(Claim::Repeat(first)) => {
+                let _ = answer.send(Ok(first.iter().map(to_proto).collect()));
+                return;
             }
-            match self
-                .idempotency
-                .claim(tenant, records, &idempotency_keys)
-                .await
-                .map_err(status::database)?
-            {
-                Claimed::Mine(claims) => break claims,
-                Claimed::Elsewhere if waiting_since.elapsed() < CLAIM_WAIT => {
-                    tokio::time::sleep(CLAIM_POLL).await
-                }
-                Claimed::Elsewhere => return Err(status::written_elsewhere()),
+            Ok(Claim::Write(claims)) => claims,
+            Err(refused) => {
+                let _ = answer.send(Err(refused));
+                return;
             }
         };
-        let written = self.run(tenant, records, idempotency_keys).await;
-        if written.is_err() {
+        if let Err(error) = self.run(tenant, records, idempotency_keys, answer).await {
+            tracing::debug!(error = %Chain(&error), "write failed; giving the keys back");
             self.idempotency.release(tenant, &claims).await;
         }
-        written
     }
 
+    /// Whether to write, and under which claims. A request with keys claims them first: a
+    /// held claim is the common sign of a repeat (claims live as long as the idempotency
+    /// window), so a new request costs one database write and no lookup. A request without
+    /// keys is a repeat when it would write the same content again.
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        records: &[DocumentRecord],
+        idempotency_keys: &[Option<String>],
+    ) -> Result<Claim, Status> {
+        let repeated = || async {
+            self.idempotency
+                .repeated(tenant, records, idempotency_keys)
+                .await
+                .map_err(status::database)
+        };
+        if idempotency_keys.iter().all(Option::is_none) {
+            return Ok(match repeated().await? {
+                Some(first) => Claim::Repeat(first),
+                None => Claim::Write(Vec::new()),
+            });
+        }
+        let waiting_since = Instant::now();
+        loop {
+            match self
+                .idempotency
+                .claim(tenant, records, idempotency_keys)
+                .await
+                .map_err(status::database)?
+            {
+                Claimed::Mine(claims) => return Ok(Claim::Write(claims)),
+                // Held: by the request this repeats (its ingestions are recorded), or by one
+                // being written elsewhere right now (look again until it is recorded).
+                Claimed::Elsewhere => {
+                    if let Some(first) = repeated().await? {
+                        return Ok(Claim::Repeat(first));
+                    }
+                    if waiting_since.elapsed() >= CLAIM_WAIT {
+                        return Err(status::written_elsewhere());
+                    }
+                    tokio::time::sleep(CLAIM_POLL).await
+                }
+            }
+        }
+    }
+
+    /// Appends the records to Kafka and answers as soon as they are committed; then records
+    /// them in the database and tells watchers. An error means nothing was written.
     async fn run(
         &self,
         tenant: &TenantId,
         records: &[DocumentRecord],
         idempotency_keys: Vec<Option<String>>,
-    ) -> Result<Vec<Ingestion>, Status> {
-        let positions = self
-            .appender
-            .append(records)
-            .await
-            .map_err(|e| status::transaction_failed(&e))?;
+        answer: Answer,
+    ) -> Result<(), TransactionError> {
+        let positions = match self.appender.append(records).await {
+            Ok(positions) => positions,
+            Err(error) => {
+                let _ = answer.send(Err(status::transaction_failed(&error)));
+                return Err(error);
+            }
+        };
         let label = sluice_core::metrics::tenant_label(tenant.as_str());
         let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
         metrics::counter!("sluice_gateway_documents_accepted_total", "tenant" => label.clone())
@@ -254,10 +308,12 @@ impl Write {
             .zip(idempotency_keys)
             .map(|((record, position), key)| projection::accepted_row(record, position, key))
             .collect();
-        // The records are durably in Kafka: the client hears OK even if the projection lags;
-        // the completion will create the row.
+        // Durably in Kafka: OK now. The database is a projection of the log; until the rows
+        // below are recorded, GetIngestion looks again for a moment (see RECORDING_GRACE),
+        // and if they never are, the completions create them.
+        let _ = answer.send(Ok(rows.iter().map(to_proto).collect()));
         let started = std::time::Instant::now();
-        let recorded = self.recorder.record(rows.clone()).await;
+        let recorded = self.recorder.record(rows).await;
         metrics::histogram!("sluice_gateway_database_duration_seconds", "operation" => "record_accepted")
             .record(started.elapsed().as_secs_f64());
         match recorded {
@@ -271,8 +327,19 @@ impl Write {
                 tracing::error!(error = %Chain(&error), "accepted ingestions not recorded; completions will fill them in")
             }
         }
-        Ok(rows.iter().map(to_proto).collect())
+        Ok(())
     }
+}
+
+/// Where the write task sends the request's answer.
+type Answer = oneshot::Sender<Result<Vec<Ingestion>, Status>>;
+
+/// What [`Write::claim`] decided.
+enum Claim {
+    /// The request repeats these ingestions: answer with them, write nothing.
+    Repeat(Vec<ingestion::Model>),
+    /// Write, holding these claims.
+    Write(Vec<(String, String)>),
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<IngestionEvent, Status>> + Send>>;
@@ -409,12 +476,17 @@ impl IngestService for IngestApi {
                 "required",
             )]));
         }
-        let row = projection::get(&self.db, tenant.as_str(), &id)
-            .await
-            .map_err(status::database)?;
-        // Another tenant's ingestion is as unknown as one that never existed.
-        let row = row.ok_or_else(|| Status::not_found(format!("no ingestion {id}")))?;
-        Ok(Response::new(to_proto(&row)))
+        loop {
+            let row = projection::get(&self.db, tenant.as_str(), &id)
+                .await
+                .map_err(status::database)?;
+            match row {
+                Some(row) => return Ok(Response::new(to_proto(&row))),
+                None if being_recorded(&[&id]) => tokio::time::sleep(RECORDING_POLL).await,
+                // Another tenant's ingestion is as unknown as one that never existed.
+                None => return Err(Status::not_found(format!("no ingestion {id}"))),
+            }
+        }
     }
 
     type WatchIngestionsStream = WatchStream;
@@ -432,22 +504,28 @@ impl IngestService for IngestApi {
         let after = hub::parse_cursor(&request.after_cursor)
             .map_err(|problem| invalid_argument(&[Violation::new("after_cursor", problem)]))?;
         let ids = request.ingestion_ids;
-        // Subscribe to wake-ups first, then read: nothing can fall in between.
-        let wake = self.hub.subscribe();
-        let (latest, rows) = projection::snapshot(&self.db, tenant.as_str(), &ids)
-            .await
-            .map_err(status::database)?;
-        let unknown: Vec<&str> = ids
-            .iter()
-            .filter(|id| !rows.iter().any(|r| &r.ingestion_id == *id))
-            .map(String::as_str)
-            .collect();
-        if !unknown.is_empty() {
-            return Err(Status::not_found(format!(
-                "no ingestion {}",
-                unknown.join(", ")
-            )));
-        }
+        let (wake, latest, rows) = loop {
+            // Subscribe to wake-ups first, then read: nothing can fall in between.
+            let wake = self.hub.subscribe();
+            let (latest, rows) = projection::snapshot(&self.db, tenant.as_str(), &ids)
+                .await
+                .map_err(status::database)?;
+            let unknown: Vec<&str> = ids
+                .iter()
+                .filter(|id| !rows.iter().any(|r| &r.ingestion_id == *id))
+                .map(String::as_str)
+                .collect();
+            if unknown.is_empty() {
+                break (wake, latest, rows);
+            }
+            if !being_recorded(&unknown) {
+                return Err(Status::not_found(format!(
+                    "no ingestion {}",
+                    unknown.join(", ")
+                )));
+            }
+            tokio::time::sleep(RECORDING_POLL).await;
+        };
         let pending: HashSet<String> = rows
             .iter()
             .map(to_proto)
@@ -576,6 +654,24 @@ pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
         _ => return None,
     };
     Instant::now().checked_add(timeout)
+}
+
+/// Whether any of these ingestions not found in the database may still be on its way there:
+/// accepted less than [`RECORDING_GRACE`] ago.
+fn being_recorded(ingestion_ids: &[&str]) -> bool {
+    let now = SystemTime::now();
+    ingestion_ids
+        .iter()
+        .filter_map(|id| accepted_at(id))
+        .any(|at| now < at + RECORDING_GRACE)
+}
+
+/// When an ingestion id (a UUIDv7, see [`sluice_core::record::new_ingestion_id`]) was made,
+/// which is when its request was accepted; `None` for anything else.
+fn accepted_at(ingestion_id: &str) -> Option<SystemTime> {
+    let id = uuid::Uuid::parse_str(ingestion_id).ok()?;
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    Some(UNIX_EPOCH + Duration::new(seconds, nanos))
 }
 
 #[cfg(test)]

@@ -38,7 +38,8 @@ type IngestServiceClient interface {
 	// Deleting a document that does not exist is not an error: its ingestion ends DELETED with
 	// no chunks removed. Counts as one document against the tenant's documents_per_second quota.
 	DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error)
-	// The current state of one ingestion.
+	// The current state of one ingestion, on any gateway as soon as the call that accepted it
+	// returned OK.
 	//
 	// NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
 	// unknown as one that never existed).
@@ -157,7 +158,8 @@ type IngestServiceServer interface {
 	// Deleting a document that does not exist is not an error: its ingestion ends DELETED with
 	// no chunks removed. Counts as one document against the tenant's documents_per_second quota.
 	DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error)
-	// The current state of one ingestion.
+	// The current state of one ingestion, on any gateway as soon as the call that accepted it
+	// returned OK.
 	//
 	// NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
 	// unknown as one that never existed).

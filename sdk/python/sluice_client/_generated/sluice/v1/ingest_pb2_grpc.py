@@ -143,7 +143,8 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetIngestion(self, request, context):
-        """The current state of one ingestion.
+        """The current state of one ingestion, on any gateway as soon as the call that accepted it
+        returned OK.
 
         NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
         unknown as one that never existed).

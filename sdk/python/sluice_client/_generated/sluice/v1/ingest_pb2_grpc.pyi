@@ -79,7 +79,8 @@ class IngestServiceStub:
     no chunks removed. Counts as one document against the tenant's documents_per_second quota.
     """
     GetIngestion: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetIngestionRequest, _ingest_pb2.Ingestion]
-    """The current state of one ingestion.
+    """The current state of one ingestion, on any gateway as soon as the call that accepted it
+    returned OK.
 
     NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
     unknown as one that never existed).
@@ -148,7 +149,8 @@ class IngestServiceAsyncStub(IngestServiceStub):
     no chunks removed. Counts as one document against the tenant's documents_per_second quota.
     """
     GetIngestion: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetIngestionRequest, _ingest_pb2.Ingestion]  # type: ignore[assignment]
-    """The current state of one ingestion.
+    """The current state of one ingestion, on any gateway as soon as the call that accepted it
+    returned OK.
 
     NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
     unknown as one that never existed).
@@ -238,7 +240,8 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingest_pb2.GetIngestionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.Ingestion, _abc.Awaitable[_ingest_pb2.Ingestion]]:
-        """The current state of one ingestion.
+        """The current state of one ingestion, on any gateway as soon as the call that accepted it
+        returned OK.
 
         NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
         unknown as one that never existed).

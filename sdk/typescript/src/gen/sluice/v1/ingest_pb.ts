@@ -644,7 +644,8 @@ export const IngestService: GenService<{
     output: typeof DeleteDocumentResponseSchema;
   },
   /**
-   * The current state of one ingestion.
+   * The current state of one ingestion, on any gateway as soon as the call that accepted it
+   * returned OK.
    *
    * NOT_FOUND when the tenant has no ingestion with that id (another tenant's ingestion is as
    * unknown as one that never existed).
