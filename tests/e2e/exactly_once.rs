@@ -129,6 +129,33 @@ async fn repeated_requests_write_once(database: Database) {
         .collect();
     assert_eq!(first, second);
 
+    // Long after (every claim older than its lease, as a gateway that died mid-write would
+    // leave one), retries still find the first ingestions, however often they come.
+    let db = sluice_core::db::connect(&stack.config.database_url())
+        .await
+        .unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared("UPDATE idempotency_claims SET claimed_at_ms = claimed_at_ms - 600000")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let late = id(ingest
+            .ingest(ingest_request("keyed", "Third text.", "k-1"))
+            .await
+            .unwrap());
+        assert_eq!(late, keyed, "a late retry of k-1 wrote again");
+        let late_batch: Vec<String> = ingest
+            .ingest_batch(batch())
+            .await
+            .unwrap()
+            .into_inner()
+            .ingestions
+            .into_iter()
+            .map(|i| i.ingestion_id)
+            .collect();
+        assert_eq!(late_batch, first, "a late retry of batch-1 wrote again");
+    }
+
     // Eight copies of one request at once: one ingestion.
     let copies = (0..8).map(|_| {
         let mut client = ingest.clone();

@@ -170,26 +170,34 @@ impl Idempotency {
         records: &[DocumentRecord],
         keys: &[Option<String>],
     ) -> Result<Claimed, DbErr> {
-        // A request's keys all come from its one key (IngestBatch's `key#i`), so claiming its
-        // first record's key claims the request: one row however large the batch.
-        let claims: Vec<(String, String)> = records
-            .iter()
-            .zip(keys)
-            .take(1)
-            .filter_map(|(record, key)| Some((key.clone()?, record.ingestion_id.clone())))
-            .collect();
-        let now = now_ms();
-        if claim::claim(&self.db, tenant.as_str(), &claims, now).await? {
-            return Ok(Claimed::Mine(claims));
+        let claims = claims(records, keys);
+        if claim::claim(&self.db, tenant.as_str(), &claims, now_ms()).await? {
+            Ok(Claimed::Mine(claims))
+        } else {
+            Ok(Claimed::Elsewhere)
         }
-        let named: Vec<String> = claims.into_iter().map(|(key, _)| key).collect();
-        let lease = CLAIM_LEASE.as_millis() as i64;
+    }
+
+    /// Forgets the request's claims that are older than [`CLAIM_LEASE`]. Only for keys with
+    /// no ingestion recorded under them (the caller looked, with [`Self::repeated`]): a claim
+    /// whose ingestions are recorded is what makes a later repeat find them.
+    pub async fn forget_stale(
+        &self,
+        tenant: &TenantId,
+        records: &[DocumentRecord],
+        keys: &[Option<String>],
+    ) -> Result<(), DbErr> {
+        let named: Vec<String> = claims(records, keys)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        let before = now_ms() - CLAIM_LEASE.as_millis() as i64;
         for stale in claim::held(&self.db, tenant.as_str(), &named).await? {
-            if stale.claimed_at_ms < now - lease && claim::forget(&self.db, &stale).await? {
+            if stale.claimed_at_ms < before && claim::forget(&self.db, &stale).await? {
                 tracing::warn!(tenant = %tenant, key = %stale.key, ingestion_id = %stale.ingestion_id, "idempotency claim left behind past its lease forgotten");
             }
         }
-        Ok(Claimed::Elsewhere)
+        Ok(())
     }
 
     /// Gives back keys whose write failed, so that a retry can write them.
@@ -199,4 +207,16 @@ impl Idempotency {
             tracing::warn!(error = %sluice_core::telemetry::Chain(&error), "idempotency claims not released");
         }
     }
+}
+
+/// The claims a request takes: its first record's key, with that record's ingestion. A
+/// request's keys all come from its one key (IngestBatch's `key#i`), so claiming the first
+/// claims the request: one row however large the batch.
+fn claims(records: &[DocumentRecord], keys: &[Option<String>]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .zip(keys)
+        .take(1)
+        .filter_map(|(record, key)| Some((key.clone()?, record.ingestion_id.clone())))
+        .collect()
 }

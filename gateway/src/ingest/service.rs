@@ -271,6 +271,12 @@ impl Write {
                     if let Some(first) = repeated().await? {
                         return Ok(Claim::Repeat(first));
                     }
+                    // Nothing recorded under the keys: a claim left behind by a gateway that
+                    // died mid-write is forgotten once past its lease.
+                    self.idempotency
+                        .forget_stale(tenant, records, idempotency_keys)
+                        .await
+                        .map_err(status::database)?;
                     if waiting_since.elapsed() >= CLAIM_WAIT {
                         return Err(status::written_elsewhere());
                     }
