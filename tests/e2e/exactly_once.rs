@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::Message;
+use sluice_core::proto::ingest_service_client::IngestServiceClient;
 use sluice_core::proto::{
     DeleteDocumentRequest, IngestBatchRequest, IngestRequest, IngestionEvent, IngestionState,
     WatchIngestionsRequest,
 };
 use sluice_tests::{as_tenant, bad_request_fields, document, read_topic, state, Database, Stack};
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 const TENANT: &str = "acme";
@@ -38,6 +40,22 @@ async fn records_per_document(stack: &Stack) -> HashMap<String, usize> {
         *counts.entry(document).or_default() += 1;
     }
     counts
+}
+
+/// The ingestion ids an IngestBatch call answers with.
+async fn batch_ids(
+    client: &mut IngestServiceClient<Channel>,
+    request: tonic::Request<IngestBatchRequest>,
+) -> Vec<String> {
+    client
+        .ingest_batch(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .ingestions
+        .into_iter()
+        .map(|i| i.ingestion_id)
+        .collect()
 }
 
 async fn repeated_requests_write_once(database: Database) {
@@ -109,24 +127,8 @@ async fn repeated_requests_write_once(database: Database) {
             },
         )
     };
-    let first: Vec<String> = ingest
-        .ingest_batch(batch())
-        .await
-        .unwrap()
-        .into_inner()
-        .ingestions
-        .into_iter()
-        .map(|i| i.ingestion_id)
-        .collect();
-    let second: Vec<String> = ingest
-        .ingest_batch(batch())
-        .await
-        .unwrap()
-        .into_inner()
-        .ingestions
-        .into_iter()
-        .map(|i| i.ingestion_id)
-        .collect();
+    let first = batch_ids(&mut ingest, batch()).await;
+    let second = batch_ids(&mut ingest, batch()).await;
     assert_eq!(first, second);
 
     // Long after (every claim older than its lease, as a gateway that died mid-write would
@@ -144,15 +146,7 @@ async fn repeated_requests_write_once(database: Database) {
             .await
             .unwrap());
         assert_eq!(late, keyed, "a late retry of k-1 wrote again");
-        let late_batch: Vec<String> = ingest
-            .ingest_batch(batch())
-            .await
-            .unwrap()
-            .into_inner()
-            .ingestions
-            .into_iter()
-            .map(|i| i.ingestion_id)
-            .collect();
+        let late_batch = batch_ids(&mut ingest, batch()).await;
         assert_eq!(late_batch, first, "a late retry of batch-1 wrote again");
     }
 
