@@ -52,7 +52,6 @@ const CLAIM_POLL: Duration = Duration::from_millis(20);
 /// an ingestion they do not find yet, so a client that asks right after its OK (on any
 /// gateway) finds it.
 const RECORDING_GRACE: Duration = Duration::from_secs(2);
-const RECORDING_POLL: Duration = Duration::from_millis(10);
 
 pub struct IngestApi {
     pub auth: Authenticator,
@@ -482,13 +481,14 @@ impl IngestService for IngestApi {
                 "required",
             )]));
         }
+        let mut recheck = Recheck::default();
         loop {
             let row = projection::get(&self.db, tenant.as_str(), &id)
                 .await
                 .map_err(status::database)?;
             match row {
                 Some(row) => return Ok(Response::new(to_proto(&row))),
-                None if being_recorded(&[&id]) => tokio::time::sleep(RECORDING_POLL).await,
+                None if recheck.wait(&[&id]).await => {}
                 // Another tenant's ingestion is as unknown as one that never existed.
                 None => return Err(Status::not_found(format!("no ingestion {id}"))),
             }
@@ -510,6 +510,7 @@ impl IngestService for IngestApi {
         let after = hub::parse_cursor(&request.after_cursor)
             .map_err(|problem| invalid_argument(&[Violation::new("after_cursor", problem)]))?;
         let ids = request.ingestion_ids;
+        let mut recheck = Recheck::default();
         let (wake, latest, rows) = loop {
             // Subscribe to wake-ups first, then read: nothing can fall in between.
             let wake = self.hub.subscribe();
@@ -524,13 +525,12 @@ impl IngestService for IngestApi {
             if unknown.is_empty() {
                 break (wake, latest, rows);
             }
-            if !being_recorded(&unknown) {
+            if !recheck.wait(&unknown).await {
                 return Err(Status::not_found(format!(
                     "no ingestion {}",
                     unknown.join(", ")
                 )));
             }
-            tokio::time::sleep(RECORDING_POLL).await;
         };
         let pending: HashSet<String> = rows
             .iter()
@@ -662,20 +662,57 @@ pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-/// Whether any of these ingestions not found in the database may still be on its way there:
-/// accepted less than [`RECORDING_GRACE`] ago.
-fn being_recorded(ingestion_ids: &[&str]) -> bool {
-    let now = SystemTime::now();
-    ingestion_ids
+/// Paces the looks again for ingestions not found in the database (see [`RECORDING_GRACE`]):
+/// after 5 ms, then twice as long each time up to 200 ms, so that an id that never shows up
+/// costs a dozen queries, not hundreds.
+#[derive(Default)]
+struct Recheck {
+    /// Set at the first miss: when looking again stops.
+    until: Option<Instant>,
+    pause: Duration,
+}
+
+impl Recheck {
+    const FIRST: Duration = Duration::from_millis(5);
+    const LONGEST: Duration = Duration::from_millis(200);
+
+    /// Waits before the next look for `missing`; false when there is none to make (then
+    /// they are unknown).
+    async fn wait(&mut self, missing: &[&str]) -> bool {
+        let until = *self
+            .until
+            .get_or_insert_with(|| recording_deadline(missing).unwrap_or_else(Instant::now));
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        self.pause = (self.pause * 2).clamp(Self::FIRST, Self::LONGEST);
+        tokio::time::sleep(self.pause.min(until - now)).await;
+        true
+    }
+}
+
+/// Until when ingestions not found may still be on their way to the database: the latest of
+/// their acceptances plus [`RECORDING_GRACE`], never further than that from now whatever an
+/// id claims; `None` when none was accepted that recently.
+fn recording_deadline(ingestion_ids: &[&str]) -> Option<Instant> {
+    let latest = ingestion_ids
         .iter()
         .filter_map(|id| accepted_at(id))
-        .any(|at| now < at + RECORDING_GRACE)
+        .max()?;
+    let left = (latest + RECORDING_GRACE)
+        .duration_since(SystemTime::now())
+        .ok()?;
+    Some(Instant::now() + left.min(RECORDING_GRACE))
 }
 
 /// When an ingestion id (a UUIDv7, see [`sluice_core::record::new_ingestion_id`]) was made,
 /// which is when its request was accepted; `None` for anything else.
 fn accepted_at(ingestion_id: &str) -> Option<SystemTime> {
     let id = uuid::Uuid::parse_str(ingestion_id).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
     let (seconds, nanos) = id.get_timestamp()?.to_unix();
     Some(UNIX_EPOCH + Duration::new(seconds, nanos))
 }
@@ -690,6 +727,57 @@ mod tests {
             .metadata_mut()
             .insert("grpc-timeout", value.parse().unwrap());
         request
+    }
+
+    fn v7_at(at: SystemTime) -> String {
+        let since = at.duration_since(UNIX_EPOCH).unwrap();
+        let stamp =
+            uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+        uuid::Uuid::new_v7(stamp).to_string()
+    }
+
+    #[test]
+    fn only_ingestions_accepted_moments_ago_are_looked_for_again_and_never_long() {
+        let now = SystemTime::now();
+        let fresh = v7_at(now);
+        let deadline = recording_deadline(&[&fresh]).expect("just accepted");
+        assert!(deadline <= Instant::now() + RECORDING_GRACE);
+        assert!(deadline > Instant::now() + RECORDING_GRACE - Duration::from_millis(500));
+        // An id from the far future is looked for no longer than any other.
+        let future = v7_at(now + Duration::from_secs(3600));
+        assert!(recording_deadline(&[&future]).unwrap() <= Instant::now() + RECORDING_GRACE);
+        let old = v7_at(now - Duration::from_secs(3));
+        for unknown in [
+            old.as_str(),
+            "not-an-id",
+            "",
+            "0b7d3e4e-9c0a-4b8e-8d1e-1f2a3b4c5d6e", // v4
+        ] {
+            assert_eq!(recording_deadline(&[unknown]), None, "{unknown:?}");
+        }
+        // The latest acceptance decides.
+        assert!(recording_deadline(&[&old, &fresh]).is_some());
+    }
+
+    #[tokio::test]
+    async fn looking_again_is_paced_and_bounded() {
+        let mut recheck = Recheck {
+            until: Some(Instant::now() + Duration::from_millis(400)),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let mut looks = 0;
+        while recheck.wait(&[]).await {
+            looks += 1;
+            assert!(looks < 20, "unbounded");
+        }
+        // 5 + 10 + 20 + 40 + 80 + 160 + the rest (85): 7 looks, not 40 at 10 ms.
+        assert!((5..=8).contains(&looks), "{looks} looks");
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        // An id accepted long ago is not looked for at all.
+        let old = v7_at(SystemTime::now() - Duration::from_secs(60));
+        assert!(!Recheck::default().wait(&[&old]).await);
     }
 
     #[test]
