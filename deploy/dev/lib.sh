@@ -210,19 +210,22 @@ dev_running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/de
 # Does something listen on host:port $1?
 dev_port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
-# Starts the nisshi broker on 127.0.0.1:$1 with its data in $STATE/broker.db, unless it runs.
+# Starts the nisshi broker on 127.0.0.1:$1 with its data in $STATE/$2 (default broker.db),
+# unless it runs. Each shape of the stack keeps its own log, beside its own vector store: a
+# log whose documents are indexed in another shape's store would make the samples repeats
+# that the new store never sees.
 dev_start_broker() {
-  local port="$1"
+  local port="$1" data="${2:-broker.db}"
   if dev_running broker; then
     say "broker already running (pid $(cat "$STATE/broker.pid"))"
     return
   fi
   dev_port_open "127.0.0.1:$port" && die "port $port is taken by another process; set SLUICE_DEV_KAFKA_PORT"
-  say "starting the nisshi broker on 127.0.0.1:$port (data in $STATE/broker.db)"
+  say "starting the nisshi broker on 127.0.0.1:$port (data in $STATE/$data)"
   # nisshi resolves sqlite:// paths against its working directory.
   (cd "$STATE" && { "$NISSHI_BIN" broker \
       --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "sqlite://broker.db" --group-initial-rebalance-delay 500ms \
+      --storage-engine "sqlite://$data" --group-initial-rebalance-delay 500ms \
       >broker.log 2>&1 & echo $! >broker.pid; })
   for _ in $(seq 100); do dev_port_open "127.0.0.1:$port" && break; sleep 0.2; done
   dev_port_open "127.0.0.1:$port" || die "the broker did not start; see $STATE/broker.log"
@@ -297,6 +300,9 @@ PY
 dev_search() {
   local addr="$1" query="how do glaciers shape the land"
   say "searching through $addr: \"$query\""
-  grpc -d "{\"query\": \"$query\", \"topK\": 3}" "$addr" sluice.v1.SearchService/Search \
-    | python3 -c 'import json,sys; [print("  %.3f  %-10s %s" % (h["score"], h["documentId"], h["text"][:70] + "...")) for h in json.load(sys.stdin).get("hits", [])]'
+  local hits
+  hits="$(grpc -d "{\"query\": \"$query\", \"topK\": 3}" "$addr" sluice.v1.SearchService/Search \
+    | python3 -c 'import json,sys; [print("  %.3f  %-10s %s" % (h["score"], h["documentId"], h["text"][:70] + "...")) for h in json.load(sys.stdin).get("hits", [])]')"
+  [ -n "$hits" ] || die "the search found none of the samples, though they are INDEXED: the vector store lacks what the broker's log and the database say is indexed (data kept from an earlier run beside a new store?); deploy/dev/down --wipe starts afresh"
+  printf '%s\n' "$hits"
 }
