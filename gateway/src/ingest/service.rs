@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::Stream;
 use prost::Message;
 use sea_orm::DatabaseConnection;
@@ -481,7 +482,7 @@ impl IngestService for IngestApi {
                 "required",
             )]));
         }
-        let mut recheck = Recheck::default();
+        let mut recheck = Recheck::new();
         loop {
             let row = projection::get(&self.db, tenant.as_str(), &id)
                 .await
@@ -510,7 +511,7 @@ impl IngestService for IngestApi {
         let after = hub::parse_cursor(&request.after_cursor)
             .map_err(|problem| invalid_argument(&[Violation::new("after_cursor", problem)]))?;
         let ids = request.ingestion_ids;
-        let mut recheck = Recheck::default();
+        let mut recheck = Recheck::new();
         let (wake, latest, rows) = loop {
             // Subscribe to wake-ups first, then read: nothing can fall in between.
             let wake = self.hub.subscribe();
@@ -665,16 +666,23 @@ pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
 /// Paces the looks again for ingestions not found in the database (see [`RECORDING_GRACE`]):
 /// after 5 ms, then twice as long each time up to 200 ms, so that an id that never shows up
 /// costs a dozen queries, not hundreds.
-#[derive(Default)]
 struct Recheck {
     /// Set at the first miss: when looking again stops.
     until: Option<Instant>,
-    pause: Duration,
+    pauses: ExponentialBackoff,
 }
 
 impl Recheck {
-    const FIRST: Duration = Duration::from_millis(5);
-    const LONGEST: Duration = Duration::from_millis(200);
+    fn new() -> Self {
+        Self {
+            until: None,
+            pauses: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(5))
+                .with_max_delay(Duration::from_millis(200))
+                .without_max_times()
+                .build(),
+        }
+    }
 
     /// Waits before the next look for `missing`; false when there is none to make (then
     /// they are unknown).
@@ -683,11 +691,10 @@ impl Recheck {
             .until
             .get_or_insert_with(|| recording_deadline(missing).unwrap_or_else(Instant::now));
         let now = Instant::now();
-        if now >= until {
+        let Some(pause) = self.pauses.next().filter(|_| now < until) else {
             return false;
-        }
-        self.pause = (self.pause * 2).clamp(Self::FIRST, Self::LONGEST);
-        tokio::time::sleep(self.pause.min(until - now)).await;
+        };
+        tokio::time::sleep(pause.min(until - now)).await;
         true
     }
 }
@@ -761,10 +768,8 @@ mod tests {
 
     #[tokio::test]
     async fn looking_again_is_paced_and_bounded() {
-        let mut recheck = Recheck {
-            until: Some(Instant::now() + Duration::from_millis(400)),
-            ..Default::default()
-        };
+        let mut recheck = Recheck::new();
+        recheck.until = Some(Instant::now() + Duration::from_millis(400));
         let started = Instant::now();
         let mut looks = 0;
         while recheck.wait(&[]).await {
@@ -777,7 +782,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(1000));
         // An id accepted long ago is not looked for at all.
         let old = v7_at(SystemTime::now() - Duration::from_secs(60));
-        assert!(!Recheck::default().wait(&[&old]).await);
+        assert!(!Recheck::new().wait(&[&old]).await);
     }
 
     #[test]
