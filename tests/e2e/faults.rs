@@ -154,26 +154,11 @@ async fn killed_twenty_times_nothing_lost_nothing_twice() {
     .await
     .unwrap();
     let ids: Vec<String> = acknowledged.values().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let rows = sluice_core::db::projection::get_many(&database, TENANT, &ids)
-            .await
-            .unwrap();
-        let ended = rows.iter().filter(|r| r.state != "accepted").count();
-        if ended == ids.len() {
-            assert!(
-                rows.iter().all(|r| r.state == "indexed"),
-                "some ingestion did not index"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ended} of {} ingestions ended",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let rows = sluice_tests::ended_rows(&database, TENANT, &ids, Duration::from_secs(600)).await;
+    assert!(
+        rows.iter().all(|r| r.state == "indexed"),
+        "some ingestion did not index"
+    );
     println!(
         "all {} ingestions indexed after {:.0?}",
         ids.len(),

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use sluice_core::proto::DeleteDocumentRequest;
 use sluice_tests::{
-    as_tenant, assert_points, document, ingest_batch, metric_sum, terminal_events, Database, Stack,
+    as_tenant, assert_points, document, ended_rows, ingest_batch, metric_sum, terminal_events,
+    Database, Stack,
 };
 
 const TENANT: &str = "acme";
@@ -106,23 +107,12 @@ async fn workers_coming_and_going_lose_nothing_and_bring_nothing_back() {
         .await
         .unwrap();
     let ids: Vec<String> = expected.keys().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let rows = sluice_core::db::projection::get_many(&database, TENANT, &ids)
-            .await
-            .unwrap();
-        if rows.len() == ids.len() && rows.iter().all(|r| r.state != "accepted") {
-            for row in &rows {
-                assert_eq!(
-                    row.state, expected[&row.ingestion_id],
-                    "{} ({})",
-                    row.ingestion_id, row.document_id
-                );
-            }
-            break;
-        }
-        assert!(Instant::now() < deadline, "not every ingestion ended");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for row in ended_rows(&database, TENANT, &ids, Duration::from_secs(300)).await {
+        assert_eq!(
+            row.state, expected[&row.ingestion_id],
+            "{} ({})",
+            row.ingestion_id, row.document_id
+        );
     }
     println!("all ended after {:.1?}", started.elapsed());
 

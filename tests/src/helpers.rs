@@ -177,6 +177,32 @@ pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
 }
 
+/// The ingestions' rows once every one has ended (left ACCEPTED), looking every 500 ms;
+/// panics after `timeout`, saying how many had ended.
+pub async fn ended_rows(
+    database: &sea_orm::DatabaseConnection,
+    tenant: &str,
+    ids: &[String],
+    timeout: std::time::Duration,
+) -> Vec<sluice_core::db::ingestion::Model> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let rows = sluice_core::db::projection::get_many(database, tenant, ids)
+            .await
+            .expect("read the ingestions");
+        let ended = rows.iter().filter(|r| r.state != "accepted").count();
+        if ended == ids.len() {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ended} of {} ingestions ended",
+            ids.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// How many terminal events (INDEXED, FAILED, DELETED) each ingestion has in the event log
 /// that watch streams read: exactly one is the promise.
 pub async fn terminal_events(
