@@ -1,12 +1,13 @@
 //! The BERT encoder: its weights, read out of `model.safetensors`, and one forward pass over a
-//! batch of packed texts. Matrix multiplications go through candle; the rest through
+//! batch of packed texts. Matrix multiplications go through gemm (candle's CPU backend, called
+//! directly so that each writes into a buffer of [`Activations`]); the rest through
 //! [`kernels`](crate::kernels), on every core.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use crate::int8::Int8Dense;
@@ -41,11 +42,13 @@ struct BertLayer {
 struct Dense {
     weights: DenseWeights,
     bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
 }
 
 enum DenseWeights {
-    /// `W^T`, `(in, out)`, contiguous; multiplied by candle.
-    F32(Tensor),
+    /// `W^T`, `(in, out)`, row-major; multiplied by gemm.
+    F32(Vec<f32>),
     /// Quantised, multiplied by [`Int8Dense`].
     Int8(Int8Dense),
 }
@@ -54,8 +57,34 @@ enum DenseWeights {
 /// intermediate, output.
 const DENSE_PER_LAYER: usize = 4;
 
-/// Sees each linear layer's input, `(rows, in)`: `observe(site, x)`.
-type Observer<'a> = dyn FnMut(usize, &Tensor) -> Result<(), EmbedError> + 'a;
+/// Sees each linear layer's input, `(rows, in)` row-major: `observe(site, x, in)`.
+type Observer<'a> = dyn FnMut(usize, &[f32], usize) -> Result<(), EmbedError> + 'a;
+
+/// The activations of a forward pass, one buffer per step, reused by every layer and every
+/// pass of a call. Allocating them per step cost ≈5% on 2 cores: zeroing and faulting in
+/// megabytes on the calling thread while the pool's threads waited.
+#[derive(Default)]
+pub(crate) struct Activations {
+    /// `(tokens, hidden)`: the input of a layer, then its output.
+    hidden: Vec<f32>,
+    /// `(tokens, 3 * hidden)`: queries, keys and values, before their biases.
+    qkv: Vec<f32>,
+    /// `(heads, tokens, head_dim)`: attention's output as the kernel writes it.
+    by_head: Vec<f32>,
+    /// `(tokens, hidden)`: attention's output as the next product reads it.
+    context: Vec<f32>,
+    /// `(tokens, hidden)`: the attention block's output.
+    attended: Vec<f32>,
+    /// `(tokens, intermediate)`.
+    intermediate: Vec<f32>,
+}
+
+/// Sets `buffer` to `len` values for a step to overwrite. Only growth is zeroed (the step
+/// writes every value), so a reused buffer costs nothing.
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    buffer
+}
 
 impl Dense {
     /// Turns fp32 weights into int8 ones; `channel_max` is the largest input per channel seen
@@ -64,27 +93,57 @@ impl Dense {
         let DenseWeights::F32(weight_t) = &self.weights else {
             return Ok(());
         };
-        let (inputs, outputs) = weight_t.dims2()?;
+        let (inputs, outputs) = (self.inputs, self.outputs);
         if !Int8Dense::fits(outputs) || channel_max.len() != inputs {
             return Ok(());
         }
-        let layer = with_slice(weight_t, |w| {
-            Int8Dense::new(w, inputs, outputs, channel_max)
-        })?;
+        let layer = Int8Dense::new(weight_t, inputs, outputs, channel_max);
         self.weights = DenseWeights::Int8(layer);
         Ok(())
     }
 
-    /// `x W^T` for `x` of shape `(rows, in)`.
-    fn product(&self, x: &Tensor) -> Result<Tensor, EmbedError> {
+    /// `out = x W^T` for `x` of `rows × in` values, row-major; `out` becomes `rows × out`.
+    fn product(&self, x: &[f32], out: &mut Vec<f32>) {
+        let rows = x.len() / self.inputs;
         match &self.weights {
-            DenseWeights::F32(weight_t) => Ok(x.matmul(weight_t)?),
-            DenseWeights::Int8(layer) => {
-                let rows = x.dim(0)?;
-                let product = with_slice(x, |x| layer.forward(x))?;
-                let outputs = product.len() / rows.max(1);
-                Ok(Tensor::from_vec(product, (rows, outputs), &Device::Cpu)?)
+            DenseWeights::F32(weight_t) => {
+                let out = sized(out, rows * self.outputs);
+                let threads = rayon::current_num_threads();
+                let parallelism = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                let (m, n, k) = (rows, self.outputs, self.inputs);
+                assert!(x.len() == m * k && weight_t.len() == k * n && out.len() == m * n);
+                // SAFETY: the three matrices are row-major (column stride 1, row stride their
+                // width) and the assert above checks each slice holds all of its matrix;
+                // `read_dst: false` makes gemm write `out` without reading it.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        weight_t.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
             }
+            DenseWeights::Int8(layer) => *out = layer.forward(x),
         }
     }
 }
@@ -265,13 +324,15 @@ impl Weights {
             bias.extend(self.values(&format!("{name}.bias"), &[outputs])?);
         }
         let weight_t = Tensor::cat(&weights, 0)
-            .and_then(|w| w.t()?.contiguous())
+            .and_then(|w| w.t()?.contiguous()?.flatten_all()?.to_vec1())
             .map_err(EmbedError::load(format!(
                 "transposing {}",
                 names.join(", ")
             )))?;
         Ok(Dense {
             weights: DenseWeights::F32(weight_t),
+            inputs,
+            outputs: bias.len(),
             bias,
         })
     }
@@ -347,9 +408,15 @@ impl Bert {
         })
     }
 
-    /// The last layer's output for every token, `(tokens.total(), hidden)` row-major.
-    pub(crate) fn forward(&self, tokens: &PackedTokens) -> Result<Vec<f32>, EmbedError> {
-        self.forward_observed(tokens, &mut |_, _| Ok(()))
+    /// The last layer's output for every token, `(tokens.total(), hidden)` row-major, in
+    /// `activations` (whose buffers a caller keeps from pass to pass).
+    pub(crate) fn forward<'a>(
+        &self,
+        tokens: &PackedTokens,
+        activations: &'a mut Activations,
+    ) -> Result<&'a [f32], EmbedError> {
+        self.forward_observed(tokens, activations, &mut |_, _, _| Ok(()))?;
+        Ok(&activations.hidden)
     }
 
     /// [`Bert::forward`], showing `observe` the input of every linear layer before it is
@@ -357,35 +424,33 @@ impl Bert {
     fn forward_observed(
         &self,
         tokens: &PackedTokens,
+        activations: &mut Activations,
         observe: &mut Observer<'_>,
-    ) -> Result<Vec<f32>, EmbedError> {
-        let mut hidden = self.embed_tokens(tokens)?;
+    ) -> Result<(), EmbedError> {
+        self.embed_tokens(tokens, activations)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            let mut observe_layer =
-                |dense: usize, x: &Tensor| observe(index * DENSE_PER_LAYER + dense, x);
-            hidden = self.run_layer(layer, &hidden, tokens, &mut observe_layer)?;
+            let mut observe_layer = |dense: usize, x: &[f32], width: usize| {
+                observe(index * DENSE_PER_LAYER + dense, x, width)
+            };
+            self.run_layer(layer, tokens, activations, &mut observe_layer)?;
         }
-        Ok(hidden.flatten_all()?.to_vec1()?)
+        Ok(())
     }
 
-    /// Replaces every linear layer's weights by int8 ones ([`Int8Dense`]), smoothed with the
-    /// largest value each input channel reaches on `calibration`, run through the fp32 model
-    /// first. Without smoothing a few channels (99, 63, 223 in all-MiniLM-L6-v2) reach 10-30
-    /// times the typical value, and each token's 8-bit scale, set by them, leaves the other
-    /// channels a handful of steps: cosine to fp32 fell to 0.986 on short texts.
+    /// Measures each linear layer's input channels on `calibration` and quantises the layers
+    /// to int8 with them.
     pub(crate) fn quantise(&mut self, calibration: &PackedTokens) -> Result<(), EmbedError> {
         let mut channel_max: Vec<Vec<f32>> = vec![Vec::new(); self.layers.len() * DENSE_PER_LAYER];
-        self.forward_observed(calibration, &mut |site, x| {
-            let width = x.dim(1)?;
+        let mut activations = Activations::default();
+        self.forward_observed(calibration, &mut activations, &mut |site, x, width| {
             let maxima = &mut channel_max[site];
             maxima.resize(width, 0.0);
-            with_slice(x, |x| {
-                for row in x.chunks_exact(width) {
-                    for (m, &v) in maxima.iter_mut().zip(row) {
-                        *m = m.max(v.abs());
-                    }
+            for row in x.chunks_exact(width) {
+                for (m, &v) in maxima.iter_mut().zip(row) {
+                    *m = m.max(v.abs());
                 }
-            })
+            }
+            Ok(())
         })?;
         for (index, layer) in self.layers.iter_mut().enumerate() {
             let denses = [
@@ -398,6 +463,7 @@ impl Bert {
                 dense.quantise(&channel_max[index * DENSE_PER_LAYER + position])?;
             }
         }
+        drop(activations);
         // glibc keeps the freed fp32 matrices (a few MB each, 42 MB in all) in its heap rather
         // than giving them back: without this the int8 process stayed at the fp32 one's size.
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -408,11 +474,17 @@ impl Bert {
         Ok(())
     }
 
-    /// Word + token-type + position embeddings, then layer norm.
-    fn embed_tokens(&self, tokens: &PackedTokens) -> Result<Tensor, EmbedError> {
+    /// Word, position and token-type embeddings, summed and normalised, into
+    /// `activations.hidden`.
+    fn embed_tokens(
+        &self,
+        tokens: &PackedTokens,
+        activations: &mut Activations,
+    ) -> Result<(), EmbedError> {
         let width = self.hidden;
-        let mut words = vec![0.0f32; tokens.total() * width];
-        let mut positions = vec![0.0f32; tokens.total() * width];
+        let words = sized(&mut activations.hidden, tokens.total() * width);
+        // The positions' rows, in a buffer the first layer overwrites anyway.
+        let positions = sized(&mut activations.context, tokens.total() * width);
         for (start, len) in tokens.texts() {
             for position in 0..len {
                 let t = start + position;
@@ -434,67 +506,65 @@ impl Bert {
             }
         }
         let no_bias = vec![0.0f32; width];
-        let normed = self.add_and_norm(&words, &no_bias, &positions, &self.embeddings_norm);
-        Ok(Tensor::from_vec(
-            normed,
-            (tokens.total(), width),
-            &Device::Cpu,
-        )?)
+        add_and_norm(words, &no_bias, positions, &self.embeddings_norm);
+        Ok(())
     }
 
+    /// One encoder layer: `activations.hidden` in, `activations.hidden` out.
     fn run_layer(
         &self,
         layer: &BertLayer,
-        hidden: &Tensor,
         tokens: &PackedTokens,
+        activations: &mut Activations,
         observe: &mut Observer<'_>,
-    ) -> Result<Tensor, EmbedError> {
-        let rows = tokens.total();
-        observe(0, hidden)?;
-        let qkv = layer.qkv.product(hidden)?;
-        let context = with_slice(&qkv, |qkv| self.attention(qkv, &layer.qkv.bias, tokens))??;
+    ) -> Result<(), EmbedError> {
+        let a = activations;
+        let hidden = self.hidden;
+        observe(0, &a.hidden, hidden)?;
+        layer.qkv.product(&a.hidden, &mut a.qkv);
+        self.attention(
+            &a.qkv,
+            &layer.qkv.bias,
+            tokens,
+            &mut a.by_head,
+            &mut a.context,
+        );
 
-        observe(1, &context)?;
-        let projected = layer.attention_output.product(&context)?;
-        let attended = with_slice(&projected, |projected| {
-            with_slice(hidden, |residual| {
-                let bias = &layer.attention_output.bias;
-                self.add_and_norm(projected, bias, residual, &layer.attention_norm)
-            })
-        })??;
-        let attended = Tensor::from_vec(attended, (rows, self.hidden), &Device::Cpu)?;
+        observe(1, &a.context, hidden)?;
+        layer.attention_output.product(&a.context, &mut a.attended);
+        let bias = &layer.attention_output.bias;
+        add_and_norm(&mut a.attended, bias, &a.hidden, &layer.attention_norm);
 
-        observe(2, &attended)?;
-        let intermediate = layer.intermediate.product(&attended)?;
-        let activated = with_slice(&intermediate, |x| {
-            self.bias_gelu(x, &layer.intermediate.bias)
-        })?;
-        let width = layer.intermediate.bias.len();
-        let activated = Tensor::from_vec(activated, (rows, width), &Device::Cpu)?;
+        observe(2, &a.attended, hidden)?;
+        layer.intermediate.product(&a.attended, &mut a.intermediate);
+        bias_gelu(&mut a.intermediate, &layer.intermediate.bias);
 
-        observe(3, &activated)?;
-        let output = layer.output.product(&activated)?;
-        let out = with_slice(&output, |output| {
-            with_slice(&attended, |residual| {
-                self.add_and_norm(output, &layer.output.bias, residual, &layer.output_norm)
-            })
-        })??;
-        Ok(Tensor::from_vec(out, (rows, self.hidden), &Device::Cpu)?)
+        observe(3, &a.intermediate, layer.intermediate.bias.len())?;
+        // The layer's output replaces its input, which nothing reads any more.
+        layer.output.product(&a.intermediate, &mut a.hidden);
+        add_and_norm(
+            &mut a.hidden,
+            &layer.output.bias,
+            &a.attended,
+            &layer.output_norm,
+        );
+        Ok(())
     }
 
-    /// Multi-head self-attention of each text with itself. `qkv` holds, per token, the query,
-    /// key and value projections (without `bias`). Returns the context vectors `(tokens, hidden)`.
+    /// Multi-head self-attention within each text: `qkv` in (biases not yet added),
+    /// `context` `(tokens, hidden)` out, by way of `by_head`.
     fn attention(
         &self,
         qkv: &[f32],
         bias: &[f32],
         tokens: &PackedTokens,
-    ) -> Result<Tensor, EmbedError> {
+        by_head: &mut Vec<f32>,
+        context: &mut Vec<f32>,
+    ) {
         let (hidden, heads) = (self.hidden, self.heads);
         let head_dim = hidden / heads;
         let total = tokens.total();
-        // Computed head by head, so each (head, text) writes one contiguous block.
-        let mut by_head = vec![0.0f32; heads * total * head_dim];
+        let by_head = sized(by_head, heads * total * head_dim);
         let mut jobs = Vec::new();
         for (head, block) in by_head.chunks_mut(total * head_dim).enumerate() {
             let mut rest = block;
@@ -514,41 +584,35 @@ impl Bert {
         for_each_parallel(jobs, |job| attend_one(qkv, bias, hidden, head_dim, job));
 
         // (heads, tokens, head_dim) -> (tokens, heads * head_dim), the layout BERT expects.
-        Ok(
-            Tensor::from_vec(by_head, (heads, total, head_dim), &Device::Cpu)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((total, hidden))?,
-        )
+        let by_head = &*by_head;
+        for_each_row_block(
+            sized(context, total * hidden),
+            hidden,
+            |first_row, block| {
+                for (r, row) in block.chunks_exact_mut(hidden).enumerate() {
+                    let t = first_row + r;
+                    for (head, out) in row.chunks_exact_mut(head_dim).enumerate() {
+                        let from = (head * total + t) * head_dim;
+                        out.copy_from_slice(&by_head[from..from + head_dim]);
+                    }
+                }
+            },
+        );
     }
+}
 
-    /// `layer_norm(x + bias + residual)` row by row.
-    fn add_and_norm(
-        &self,
-        x: &[f32],
-        bias: &[f32],
-        residual: &[f32],
-        norm: &LayerNorm,
-    ) -> Vec<f32> {
-        let width = bias.len();
-        let mut out = vec![0.0f32; x.len()];
-        for_each_row_block(&mut out, width, |first_row, block| {
-            let range = first_row * width..first_row * width + block.len();
-            add_and_norm_rows(&x[range.clone()], bias, &residual[range], norm, block);
-        });
-        out
-    }
+/// `x = layer_norm(x + bias + residual)` row by row, in place.
+fn add_and_norm(x: &mut [f32], bias: &[f32], residual: &[f32], norm: &LayerNorm) {
+    let width = bias.len();
+    for_each_row_block(x, width, |first_row, block| {
+        let range = first_row * width..first_row * width + block.len();
+        add_and_norm_rows(block, bias, &residual[range], norm);
+    });
+}
 
-    /// `gelu(x + bias)` row by row.
-    fn bias_gelu(&self, x: &[f32], bias: &[f32]) -> Vec<f32> {
-        let width = bias.len();
-        let mut out = vec![0.0f32; x.len()];
-        for_each_row_block(&mut out, width, |first_row, block| {
-            let start = first_row * width;
-            bias_gelu_rows(&x[start..start + block.len()], bias, block);
-        });
-        out
-    }
+/// `x = gelu(x + bias)` row by row, in place.
+fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    for_each_row_block(x, bias.len(), |_, block| bias_gelu_rows(block, bias));
 }
 
 /// Row `index` of an embedding table with rows of `width` values.
@@ -558,15 +622,4 @@ fn table_row(table: &[f32], width: usize, index: usize) -> Result<&[f32], EmbedE
         .ok_or_else(|| {
             EmbedError::Inference(format!("id {index} is outside the embedding table").into())
         })
-}
-
-/// Runs `f` on the contents of a contiguous f32 CPU tensor without copying them out.
-fn with_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, EmbedError> {
-    let (storage, layout) = tensor.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Ok(f(&data[start..end])),
-        _ => Err(EmbedError::Inference(
-            "expected a contiguous f32 tensor on the CPU".into(),
-        )),
-    }
 }

@@ -127,19 +127,17 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `out = layer_norm(x + bias + residual)` for whole rows of `bias.len()` values.
+    /// `x = layer_norm(x + bias + residual)` for whole rows of `bias.len()` values, in place.
     pub(crate) fn add_and_norm_rows(
-        x: &[f32],
+        x: &mut [f32],
         bias: &[f32],
         residual: &[f32],
         norm: &LayerNorm,
-        out: &mut [f32],
     ) {
         let width = bias.len();
-        let rows = x.chunks_exact(width).zip(residual.chunks_exact(width));
-        for ((x, residual), out) in rows.zip(out.chunks_exact_mut(width)) {
-            for (((o, &x), &b), &r) in out.iter_mut().zip(x).zip(bias).zip(residual) {
-                *o = x + b + r;
+        for (out, residual) in x.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
+            for ((o, &b), &r) in out.iter_mut().zip(bias).zip(residual) {
+                *o = *o + b + r;
             }
             let mean = sum(out) / width as f32;
             out.iter_mut().for_each(|o| *o -= mean);
@@ -153,11 +151,11 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `out = gelu(x + bias)` with the exact (erf) GELU that BERT uses.
-    pub(crate) fn bias_gelu_rows(x: &[f32], bias: &[f32], out: &mut [f32]) {
-        for (x, out) in x.chunks_exact(bias.len()).zip(out.chunks_exact_mut(bias.len())) {
-            for ((o, &x), &b) in out.iter_mut().zip(x).zip(bias) {
-                let v = x + b;
+    /// `x = gelu(x + bias)` with the exact (erf) GELU that BERT uses, in place.
+    pub(crate) fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
+        for out in x.chunks_exact_mut(bias.len()) {
+            for (o, &b) in out.iter_mut().zip(bias) {
+                let v = *o + b;
                 *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
             }
         }

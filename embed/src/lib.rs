@@ -24,8 +24,8 @@
 //! copies for transposes) run on one core, and it pads every batch to its longest text. On a
 //! 2-core machine that gave ≈2,000 tokens/s where sentence-transformers gets ≈5,500.
 //!
-//! So only the weights and the matrix multiplications (≈90% of the arithmetic) go through candle,
-//! whose `gemm` backend uses every core. Everything else is a short loop in [`kernels`], run on all
+//! So only the matrix multiplications (≈90% of the arithmetic) go through candle's `gemm` backend
+//! (called directly), which uses every core. Everything else is a short loop in [`kernels`], run on all
 //! cores ([`pool`]) and compiled for the CPU's vector instructions. Texts are packed back to back
 //! without padding: every step except attention works token by token, and attention runs per
 //! (text, head), so padding would only be wasted work.
@@ -37,7 +37,7 @@ mod pool;
 
 use std::path::{Path, PathBuf};
 
-use bert::Bert;
+use bert::{Activations, Bert};
 use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -284,6 +284,7 @@ impl Embedder {
     /// embedded from their beginning, as sentence-transformers does.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = Vec::with_capacity(texts.len());
+        let mut activations = Activations::default();
         for batch in texts.chunks(self.options.max_batch) {
             let encodings = self
                 .model_tokenizer
@@ -301,8 +302,8 @@ impl Embedder {
                 let (pass, tail) = rest.split_at(take);
                 rest = tail;
                 let tokens = PackedTokens::new(pass);
-                let hidden = self.model.forward(&tokens)?;
-                vectors.extend(mean_pool_normalised(&hidden, &tokens, self.dimension()));
+                let hidden = self.model.forward(&tokens, &mut activations)?;
+                vectors.extend(mean_pool_normalised(hidden, &tokens, self.dimension()));
             }
         }
         Ok(vectors)
