@@ -594,6 +594,37 @@ mod tests {
         }
     }
 
+    /// Every pass of a call reuses the buffers of the one before: a short text after a long
+    /// one (and the reverse) must not see what the longer pass left in them.
+    #[test]
+    fn passes_of_one_call_do_not_leak_into_each_other() {
+        let one_per_pass = Embedder::load(
+            &model_dir(),
+            EmbedderOptions {
+                max_batch: 1,
+                ..EmbedderOptions::default()
+            },
+        )
+        .unwrap();
+        let long = "Kafka keeps every record in an append-only log. ".repeat(30);
+        let texts = [
+            "short query",
+            long.as_str(),
+            "another short one",
+            long.as_str(),
+        ];
+        let together = one_per_pass.embed(&texts).unwrap();
+        for (text, vector) in texts.iter().zip(&together) {
+            let alone = &embedder().embed(&[text]).unwrap()[0];
+            let gap = alone
+                .iter()
+                .zip(vector)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(gap < 1e-5, "{gap} apart for {text:?}");
+        }
+    }
+
     #[test]
     fn batches_larger_than_max_batch_are_split() {
         let embedder = Embedder::load(
