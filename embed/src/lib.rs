@@ -442,6 +442,22 @@ mod tests {
         })
     }
 
+    fn with_max_batch(max_batch: usize) -> Embedder {
+        let options = EmbedderOptions {
+            max_batch,
+            ..EmbedderOptions::default()
+        };
+        Embedder::load(&model_dir(), options).unwrap()
+    }
+
+    /// The largest difference between two vectors, value by value.
+    fn largest_gap(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    }
+
     fn reference() -> Vec<(String, Vec<f32>)> {
         let json: serde_json::Value = serde_json::from_str(REFERENCE).unwrap();
         json["items"]
@@ -585,11 +601,7 @@ mod tests {
         let batched = embedder.embed(&texts).unwrap();
         for (text, from_batch) in texts.iter().zip(&batched) {
             let alone = &embedder.embed(&[text]).unwrap()[0];
-            let gap = alone
-                .iter()
-                .zip(from_batch)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let gap = largest_gap(alone, from_batch);
             assert!(gap < 1e-5, "batch and single differ by {gap} for {text:?}");
         }
     }
@@ -598,14 +610,7 @@ mod tests {
     /// one (and the reverse) must not see what the longer pass left in them.
     #[test]
     fn passes_of_one_call_do_not_leak_into_each_other() {
-        let one_per_pass = Embedder::load(
-            &model_dir(),
-            EmbedderOptions {
-                max_batch: 1,
-                ..EmbedderOptions::default()
-            },
-        )
-        .unwrap();
+        let one_per_pass = with_max_batch(1);
         let long = "Kafka keeps every record in an append-only log. ".repeat(30);
         let texts = [
             "short query",
@@ -616,25 +621,14 @@ mod tests {
         let together = one_per_pass.embed(&texts).unwrap();
         for (text, vector) in texts.iter().zip(&together) {
             let alone = &embedder().embed(&[text]).unwrap()[0];
-            let gap = alone
-                .iter()
-                .zip(vector)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let gap = largest_gap(alone, vector);
             assert!(gap < 1e-5, "{gap} apart for {text:?}");
         }
     }
 
     #[test]
     fn batches_larger_than_max_batch_are_split() {
-        let embedder = Embedder::load(
-            &model_dir(),
-            EmbedderOptions {
-                max_batch: 3,
-                ..EmbedderOptions::default()
-            },
-        )
-        .unwrap();
+        let embedder = with_max_batch(3);
         let reference = reference();
         let texts: Vec<&str> = reference.iter().map(|(text, _)| text.as_str()).collect();
         let vectors = embedder.embed(&texts).unwrap();
