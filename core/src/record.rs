@@ -54,6 +54,17 @@ pub fn new_ingestion_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// When an ingestion id of [`new_ingestion_id`] was made, which is when its request was
+/// accepted; `None` for anything else (it says nothing about when).
+pub fn ingestion_accepted_at(ingestion_id: &str) -> Option<std::time::SystemTime> {
+    let id = uuid::Uuid::parse_str(ingestion_id).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {

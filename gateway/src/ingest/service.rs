@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::Stream;
@@ -17,7 +17,7 @@ use sluice_core::proto::{
     IngestBatchResponse, IngestRequest, IngestResponse, Ingestion, IngestionEvent, IngestionState,
     Operation, WatchIngestionsRequest,
 };
-use sluice_core::record::DocumentRecord;
+use sluice_core::record::{ingestion_accepted_at, DocumentRecord};
 use sluice_core::telemetry::Chain;
 use sluice_core::tenant::TenantId;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -705,7 +705,7 @@ impl Recheck {
 fn recording_deadline(ingestion_ids: &[&str]) -> Option<Instant> {
     let latest = ingestion_ids
         .iter()
-        .filter_map(|id| accepted_at(id))
+        .filter_map(|id| ingestion_accepted_at(id))
         .max()?;
     let left = (latest + RECORDING_GRACE)
         .duration_since(SystemTime::now())
@@ -713,20 +713,10 @@ fn recording_deadline(ingestion_ids: &[&str]) -> Option<Instant> {
     Some(Instant::now() + left.min(RECORDING_GRACE))
 }
 
-/// When an ingestion id (a UUIDv7, see [`sluice_core::record::new_ingestion_id`]) was made,
-/// which is when its request was accepted; `None` for anything else.
-fn accepted_at(ingestion_id: &str) -> Option<SystemTime> {
-    let id = uuid::Uuid::parse_str(ingestion_id).ok()?;
-    if id.get_version_num() != 7 {
-        return None;
-    }
-    let (seconds, nanos) = id.get_timestamp()?.to_unix();
-    Some(UNIX_EPOCH + Duration::new(seconds, nanos))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn with_timeout(value: &str) -> Request<()> {
         let mut request = Request::new(());
