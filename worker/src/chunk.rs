@@ -52,6 +52,7 @@ pub struct Chunker {
     splitter: TextSplitter<Tokenizer>,
     /// The same tokenizer, for counting a whole text.
     tokenizer: Tokenizer,
+    max_tokens: usize,
     max_document_tokens: usize,
 }
 
@@ -89,6 +90,7 @@ impl Chunker {
         Ok(Chunker {
             splitter: TextSplitter::new(config),
             tokenizer,
+            max_tokens,
             max_document_tokens,
         })
     }
@@ -114,6 +116,16 @@ impl Chunker {
         }
         // What the model will embed (chunk overlaps aside).
         metrics::counter!("sluice_worker_tokens_chunked_total").increment(tokens as u64);
+        // Most documents are one chunk: the count says so, and the splitter, which measures
+        // candidate chunks with the tokenizer again and again, is not needed for them.
+        if tokens <= self.max_tokens {
+            let whole = text.trim();
+            return Ok(if whole.is_empty() {
+                Vec::new()
+            } else {
+                vec![whole.to_owned()]
+            });
+        }
         Ok(self.split(text))
     }
 
@@ -252,6 +264,35 @@ mod tests {
             })
         );
         assert!(chunker.split_document(&"word ".repeat(1000)).is_ok());
+    }
+
+    #[test]
+    fn a_document_that_fits_is_chunked_as_the_splitter_would() {
+        let options = ChunkerOptions {
+            max_tokens: 40,
+            overlap_tokens: 8,
+            ..ChunkerOptions::default()
+        };
+        let chunker = Chunker::new(&tokenizer(), options).unwrap();
+        let text = long_text("\n\n");
+        // Every length around the limit, from either end of the text, with the surrounding
+        // whitespace the splitter trims.
+        let words: Vec<&str> = text.split(' ').collect();
+        let mut fitting = 0;
+        for n in 1..=60 {
+            for piece in [words[..n].join(" "), words[words.len() - n..].join(" ")] {
+                let piece = format!("\n {piece}\t ");
+                let fits = chunker.count_tokens(&piece) <= 40;
+                fitting += usize::from(fits);
+                assert_eq!(
+                    chunker.split_document(&piece).unwrap(),
+                    chunker.split(&piece),
+                    "{piece:?}"
+                );
+            }
+        }
+        assert!((10..110).contains(&fitting), "{fitting} of 120 pieces fit");
+        assert!(chunker.split_document(" \n ").unwrap().is_empty());
     }
 
     #[test]
