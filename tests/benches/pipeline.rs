@@ -96,6 +96,16 @@ fn text(round: usize, n: usize) -> String {
         .join(" ")
 }
 
+/// Seconds the worker's model has spent embedding, by its own metric (0 when the worker runs
+/// in another process).
+fn embedding_seconds() -> f64 {
+    metric_sum(
+        &sluice_core::metrics::render(),
+        "sluice_worker_embedding_duration_seconds_sum",
+        &[],
+    )
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -243,8 +253,14 @@ async fn light_load(sluice: &Client, embedder: &Arc<Embedder>) {
 async fn rounds(sluice: &Client, embedder: &Arc<Embedder>) {
     println!("{DOCUMENTS} documents of 30–120 words, one chunk each; {ROUNDS} rounds");
     println!(
-        "{:>6} {:>16} {:>16} {:>14} {:>8}",
-        "round", "embedder docs/s", "pipeline docs/s", "tokens/doc", "ratio"
+        "{:>6} {:>16} {:>16} {:>14} {:>8} {:>11} {:>14}",
+        "round",
+        "embedder docs/s",
+        "pipeline docs/s",
+        "tokens/doc",
+        "ratio",
+        "model busy",
+        "model speed"
     );
     let (mut alone, mut piped, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -264,6 +280,7 @@ async fn rounds(sluice: &Client, embedder: &Arc<Embedder>) {
         let embedder_rate = DOCUMENTS as f64 / started.elapsed().as_secs_f64();
 
         // The same texts through the gateway (IngestBatch calls of BATCH) until INDEXED.
+        let embedding_before = embedding_seconds();
         let started = Instant::now();
         let documents = texts.iter().enumerate().map(|(n, text)| {
             Document::new(
@@ -276,10 +293,23 @@ async fn rounds(sluice: &Client, embedder: &Arc<Embedder>) {
             .wait_for(accepted.iter().map(|i| i.ingestion_id.clone()), None)
             .await
             .expect("all ended");
-        let pipeline_rate = DOCUMENTS as f64 / started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed().as_secs_f64();
+        let pipeline_rate = DOCUMENTS as f64 / elapsed;
         assert!(ended.iter().all(|i| i.state == IngestionState::Indexed));
+        // Where the ratio goes: the share of the round the worker's model was embedding, and
+        // its speed then beside the embedder alone's (1.00: as fast). Their product is the
+        // ratio. Only known when the worker runs in this process (its metrics are here).
+        let embedding = embedding_seconds() - embedding_before;
+        let (busy, speed) = if embedding > 0.0 {
+            (
+                format!("{:.0}%", 100.0 * embedding / elapsed),
+                format!("{:.2}", DOCUMENTS as f64 / embedding / embedder_rate),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
         println!(
-            "{:>6} {:>16.1} {:>16.1} {:>14.0} {:>8.2}",
+            "{:>6} {:>16.1} {:>16.1} {:>14.0} {:>8.2} {busy:>11} {speed:>14}",
             round + 1,
             embedder_rate,
             pipeline_rate,

@@ -6,22 +6,24 @@
 //! consumer and producer and resumes from the last committed offsets, processing those records
 //! again, which is harmless because indexing is idempotent.
 //!
-//! Batches overlap, two at a time, so that the model never waits for Kafka or the store:
+//! Batches overlap, so that the model never waits for Kafka, the store or the decoding:
 //!
 //! ```text
-//! batch n:    gather ── decode, chunk, embed ── write, commit
-//! batch n+1:       gather ─────────────────── decode, chunk, embed ── write, commit
+//! batch n:    gather ── decode, chunk ── embed ── write, commit
+//! batch n+1:       gather ── decode, chunk ···· embed ── write, commit
 //! ```
 //!
 //! While the model embeds one batch (stages 1–3 of [`Indexer`], on a task of their own) the
-//! next gathers; when the model is done, the next batch goes to it at once and only then is
-//! the first written to the store and committed. Batches are written and committed one at a
-//! time, in the order they were consumed. A record that fails in a way that may pass is retried
+//! next gathers; once it is full its records are decoded and chunked at once, and it waits for
+//! the model, which takes it the moment it is done with the first (a batch that is not full
+//! goes when the model is idle, or after a short linger). Only then is the first written to the
+//! store and committed. Batches are written and committed one at a time, in the order they
+//! were consumed, and embedded in that order too. A record that fails in a way that may pass is retried
 //! alone; while the vector store or the schema registry is down the worker waits for it
 //! (paused, and its health says why) rather than fail documents into the dead-letter topic.
 
 use sluice_core::telemetry::Chain;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ use sluice_core::kafka::{read_committed_consumer, OutgoingRecord, TransactionalP
 use sluice_core::record::{
     dead_letter_header, now_ms, Completion, DocumentRecord, MalformedRecord, Outcome, Position,
 };
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
@@ -43,6 +46,8 @@ use crate::rebalance::Rebalances;
 
 /// Records in one batch (one embedding call, one transaction), at most.
 const MAX_BATCH: usize = 16;
+/// Batches past gathering at once: the one at the model and the next, made ready meanwhile.
+const MAX_AHEAD: usize = 2;
 /// How long to wait for more records to join a batch once one has arrived.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 /// Records stop joining a batch once their payloads add up to this.
@@ -240,34 +245,41 @@ impl Worker {
         tracing::info!(group = %self.settings.group_id, %transactional_id, "worker consuming {}", self.kafka.documents_topic);
 
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
-        // The batch at the model (stages 1–3, on a task of its own) and the records gathering
-        // for the next one.
-        let mut embedding: Option<Embedding> = None;
+        // The batches in stages 1–3 (each on a task of its own), oldest first: the one at the
+        // model and perhaps the next, decoded and chunked meanwhile; and the records gathering
+        // for the one after.
+        let mut batches: VecDeque<Embedding> = VecDeque::with_capacity(MAX_AHEAD);
         let mut gathering = Gathering::default();
         loop {
             let stopping = shutdown.is_cancelled();
             // The model is idle: the next batch goes to it once full, or once its first record
-            // has waited BATCH_LINGER for company.
-            if embedding.is_none() && !stopping && gathering.ready() {
-                embedding = self.start(gathering.take(), consumer);
+            // has waited BATCH_LINGER for company. While it is busy, a full batch gets ready to
+            // follow (a partial one keeps gathering, so that batches stay large under load).
+            let ready = match batches.len() {
+                0 => gathering.ready(),
+                n => n < MAX_AHEAD && gathering.is_full(),
+            };
+            if ready && !stopping {
+                let next = self.start(gathering.take(), consumer, batches.back_mut());
+                batches.extend(next);
             }
-            if stopping && embedding.is_none() {
+            if stopping && batches.is_empty() {
                 // What was gathered is left uncommitted, for whoever holds its partitions next.
                 return Ok(());
             }
             let linger = gathering.linger_until();
             tokio::select! {
                 _ = shutdown.cancelled(), if !stopping => {}
-                staged = embedded(&mut embedding) => {
-                    let done = embedding.take().expect("a batch was at the model");
+                staged = embedded(batches.front_mut()) => {
+                    let done = batches.pop_front().expect("a batch was at the model");
                     // The model goes on with the next batch while this one is written and
                     // committed. From here to the commit nothing calls recv(), so no partition
                     // can move in between (see `rebalance`).
-                    if !stopping && !gathering.is_empty() {
-                        embedding = self.start(gathering.take(), consumer);
+                    if !stopping && batches.is_empty() && !gathering.is_empty() {
+                        batches.extend(self.start(gathering.take(), consumer, None));
                     }
                     self.finish(done, staged, consumer, &producer, shutdown).await?;
-                    let oldest = embedding
+                    let oldest = batches
                         .iter()
                         .flat_map(|e| e.epochs.iter())
                         .chain(gathering.epochs())
@@ -287,18 +299,19 @@ impl Worker {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
-                _ = tokio::time::sleep_until(linger), if embedding.is_none() && !gathering.is_empty() => {}
+                _ = tokio::time::sleep_until(linger), if batches.is_empty() && !gathering.is_empty() => {}
             }
         }
     }
 
     /// Sends gathered records to the model: stages 1–3 (decode, chunk, embed) on a task of
-    /// their own. Records of a partition revoked since they arrived are dropped first; `None`
-    /// when that leaves nothing.
+    /// their own, embedding once the `previous` batch's embedding is done. Records of a
+    /// partition revoked since they arrived are dropped first; `None` when that leaves nothing.
     fn start(
         &self,
         received: Vec<(OwnedMessage, u64)>,
         consumer: &StreamConsumer<Rebalances>,
+        previous: Option<&mut Embedding>,
     ) -> Option<Embedding> {
         let fresh = drop_stale(received, consumer.context());
         if fresh.is_empty() {
@@ -318,11 +331,20 @@ impl Worker {
             .filter_map(|(record, span)| Some((record.as_ref().ok()?.clone(), span.clone())))
             .collect();
         let indexer = self.indexer.clone();
+        // Dropped when this batch's embedding is over (or its task ended otherwise).
+        let (model_free, model_freed) = oneshot::channel::<()>();
+        let turn = previous.and_then(|previous| previous.model_freed.take());
         let stages = tokio::spawn(async move {
             let inputs: Vec<(&DocumentRecord, Span)> =
                 inputs.iter().map(|(r, s)| (r, s.clone())).collect();
             let staged = indexer.prepare(&inputs).await;
-            indexer.embed_batch(staged, &inputs).await
+            // The model takes batches in the order they were consumed.
+            if let Some(turn) = turn {
+                let _ = turn.await;
+            }
+            let staged = indexer.embed_batch(staged, &inputs).await;
+            drop(model_free);
+            staged
         });
         Some(Embedding {
             messages,
@@ -330,6 +352,7 @@ impl Worker {
             spans,
             records,
             stages,
+            model_freed: Some(model_freed),
         })
     }
 
@@ -626,10 +649,12 @@ struct Embedding {
     records: Vec<Result<DocumentRecord, MalformedRecord>>,
     /// The stages' results, one per document record, in order.
     stages: JoinHandle<Vec<Result<Staged, ProcessError>>>,
+    /// Closes when the model is done with this batch; the next batch waits for it.
+    model_freed: Option<oneshot::Receiver<()>>,
 }
 
-/// The results of the batch at the model, once it is done; never, while none is.
-async fn embedded(embedding: &mut Option<Embedding>) -> Vec<Result<Staged, ProcessError>> {
+/// The results of the oldest batch in stages 1–3, once it is done; never, while none is.
+async fn embedded(embedding: Option<&mut Embedding>) -> Vec<Result<Staged, ProcessError>> {
     let Some(batch) = embedding else {
         return std::future::pending().await;
     };
