@@ -1,6 +1,8 @@
 //! Ingest throughput and latency against a local nisshi broker.
 //!
-//! `cargo bench -p sluice-tests --bench ingest`
+//! `cargo bench -p sluice-tests --bench ingest`; with `SLUICE_BENCH_DATABASE=postgres` in front,
+//! the gateway records on PostgreSQL (127.0.0.1:5432, a fresh database, as the tests use)
+//! instead of SQLite.
 //!
 //! Starts a broker on loopback and a gateway (no worker, so indexing does not compete for the
 //! CPU), then for each concurrency level sends a fixed number of Ingest calls and prints
@@ -27,7 +29,15 @@ const PAUSE: Duration = Duration::from_millis(300);
 async fn main() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(&broker, dir.path(), Database::Sqlite).await;
+    // The database matters to IngestBatch: a call's idempotency claim is a database write, and
+    // on SQLite it waits for the previous call's record (one writer at a time, each commit
+    // waiting for the disk).
+    let database = match std::env::var("SLUICE_BENCH_DATABASE").as_deref() {
+        Ok("postgres") => Database::Postgres,
+        Ok("sqlite") | Err(_) => Database::Sqlite,
+        Ok(other) => panic!("SLUICE_BENCH_DATABASE={other}: sqlite or postgres"),
+    };
+    let config = test_config(&broker, dir.path(), database).await;
     let shared = Shared::open(&config)
         .await
         .expect("open model, store, database");
@@ -58,7 +68,8 @@ async fn main() {
     let fields = |text: &str| json!({"title": "Bench", "text": text, "source": "bench"});
 
     println!(
-        "Ingest against nisshi on loopback, {CALLS_PER_LEVEL} calls per level, ~1 KiB documents"
+        "Ingest against nisshi on loopback, {CALLS_PER_LEVEL} calls per level, ~1 KiB documents; \
+         the gateway's database: {database:?} (SLUICE_BENCH_DATABASE)"
     );
     println!(
         "{:>12} {:>12} {:>10} {:>10} {:>10}",
