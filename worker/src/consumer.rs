@@ -16,11 +16,11 @@
 //! While the model embeds one batch (stages 1–3 of [`Indexer`], on a task of their own) the
 //! next gathers; once it is full its records are decoded and chunked at once, and it waits for
 //! the model, which takes it the moment it is done with the first (a batch that is not full
-//! goes when the model is idle, or after a short linger). Only then is the first written to the
-//! store and committed. Batches are written and committed one at a time, in the order they
-//! were consumed, and embedded in that order too. A record that fails in a way that may pass is retried
-//! alone; while the vector store or the schema registry is down the worker waits for it
-//! (paused, and its health says why) rather than fail documents into the dead-letter topic.
+//! goes when the model is idle, or after a short linger). Only then is the first written to
+//! the store and committed. Batches are embedded, written and committed one at a time, in the
+//! order they were consumed. A record that fails in a way that may pass is retried alone;
+//! while the vector store or the schema registry is down the worker waits for it (paused, and
+//! its health says why) rather than fail documents into the dead-letter topic.
 
 use sluice_core::telemetry::Chain;
 use std::collections::{BTreeMap, VecDeque};
