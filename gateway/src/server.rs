@@ -141,6 +141,10 @@ impl Gateway {
         );
 
         let (recorder, recorder_task) = Recorder::spawn(shared.db.clone());
+        let (idempotency, claims_task) = Idempotency::spawn(
+            shared.db.clone(),
+            Duration::from_secs(config.gateway.idempotency_window_secs),
+        );
 
         let ingest = IngestApi {
             auth: authenticator.clone(),
@@ -149,10 +153,7 @@ impl Gateway {
             appender: appender.clone(),
             db: shared.db.clone(),
             hub,
-            idempotency: Idempotency::new(
-                shared.db.clone(),
-                Duration::from_secs(config.gateway.idempotency_window_secs),
-            ),
+            idempotency,
             recorder,
             max_batch_documents: config.gateway.max_batch_documents,
             shutdown: shutdown.clone(),
@@ -310,6 +311,7 @@ impl Gateway {
                     health_driver,
                     appender_task,
                     recorder_task,
+                    claims_task,
                 ]);
                 background.extend(lag_monitors);
                 background

@@ -1,7 +1,8 @@
 //! Group commit, written once: requests that arrive while a commit is in flight are committed
 //! together in the next one, and each caller hears its own part of the answer, only after the
-//! commit. The Kafka [appender] and the database [recorder] both use it: a commit costs a
-//! round trip or a lock turn, so sharing one keeps that cost off each request's latency.
+//! commit. The Kafka [appender], the database [recorder] and the idempotency [claims] use it:
+//! a commit costs a round trip, a lock turn or a wait for the disk, so sharing one keeps that
+//! cost off each request's latency.
 //!
 //! Each request's items stay together in one commit (all-or-nothing): a group takes whole
 //! requests up to `max_items`, and a single request larger than that goes alone. When a group
@@ -10,6 +11,7 @@
 //!
 //! [appender]: crate::ingest::appender
 //! [recorder]: crate::ingest::recorder
+//! [claims]: crate::ingest::idempotency
 
 use std::future::Future;
 

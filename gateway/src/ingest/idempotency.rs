@@ -17,11 +17,17 @@
 //! written; indexing the same content twice leaves the same points, so the document is still
 //! indexed once.
 //!
+//! Claims of requests that arrive together share one database transaction ([group commit]):
+//! each is a row to insert, and on SQLite each commit waits for the disk, so one commit per
+//! request held Ingest at about 2,400 calls a second on 2 cores.
+//!
 //! A claim whose write failed is released at once. One left by a gateway that died between
 //! claiming and recording is forgotten after [`CLAIM_LEASE`] (twice the Kafka transaction
 //! timeout, so its transaction has surely committed or aborted). Only if that gateway died
 //! after its commit and the workers have not completed the ingestion within the lease can the
 //! key then be written a second time.
+//!
+//! [group commit]: crate::ingest::group_commit
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +39,12 @@ use sluice_core::kafka::TRANSACTION_TIMEOUT;
 use sluice_core::record::{now_ms, DocumentRecord};
 use sluice_core::tenant::TenantId;
 use tokio::sync::OwnedMutexGuard;
+use tokio::task::JoinHandle;
+
+use crate::ingest::group_commit::{Commit, GroupCommit};
+
+/// Requests whose claims share one database transaction, at most.
+const MAX_CLAIMS_TOGETHER: usize = 256;
 
 /// How long a claim holds a key with no ingestion recorded under it.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * TRANSACTION_TIMEOUT.as_secs());
@@ -52,6 +64,7 @@ pub struct Idempotency {
     db: DatabaseConnection,
     window: Duration,
     locks: Locks,
+    claims: GroupCommit<Claims>,
 }
 
 /// Held while a request looks up and writes; the next copy of it waits.
@@ -78,12 +91,17 @@ impl Drop for Turn {
 }
 
 impl Idempotency {
-    pub fn new(db: DatabaseConnection, window: Duration) -> Self {
-        Self {
+    /// Starts the task that commits claims; it stops once every handle is dropped.
+    pub fn spawn(db: DatabaseConnection, window: Duration) -> (Self, JoinHandle<()>) {
+        let (claims, task) =
+            GroupCommit::spawn("claims", Claims { db: db.clone() }, MAX_CLAIMS_TOGETHER);
+        let idempotency = Self {
             db,
             window,
             locks: Arc::default(),
-        }
+            claims,
+        };
+        (idempotency, task)
     }
 
     /// Waits for the turn of these records (by key when given, else by document).
@@ -171,7 +189,16 @@ impl Idempotency {
         keys: &[Option<String>],
     ) -> Result<Claimed, DbErr> {
         let claims = claims(records, keys);
-        if claim::claim(&self.db, tenant.as_str(), &claims, now_ms()).await? {
+        if claims.is_empty() {
+            return Ok(Claimed::Mine(claims));
+        }
+        let answer = self
+            .claims
+            .submit(vec![(tenant.as_str().to_owned(), claims.clone())])
+            .await
+            .map_err(|_| DbErr::Custom("the gateway is shutting down".into()))?;
+        let mine = answer.map_err(|error| DbErr::Custom(error.to_string()))?;
+        if mine.first() == Some(&true) {
             Ok(Claimed::Mine(claims))
         } else {
             Ok(Claimed::Elsewhere)
@@ -206,6 +233,26 @@ impl Idempotency {
             // The claim then lapses after CLAIM_LEASE; until then retries are told to wait.
             tracing::warn!(error = %sluice_core::telemetry::Chain(&error), "idempotency claims not released");
         }
+    }
+}
+
+/// Commits the claims of requests that arrive together in one database transaction.
+struct Claims {
+    db: DatabaseConnection,
+}
+
+impl Commit for Claims {
+    /// A request's tenant and its `(key, ingestion id)` claims.
+    type Item = (String, Vec<(String, String)>);
+    /// Whether the request holds its keys now.
+    type Output = bool;
+    /// Shared (DbErr cannot be cloned) by every request of the group.
+    type Error = Arc<DbErr>;
+
+    async fn commit(&mut self, wanted: &[Self::Item]) -> Result<Vec<bool>, Arc<DbErr>> {
+        claim::claim(&self.db, wanted, now_ms())
+            .await
+            .map_err(Arc::new)
     }
 }
 
