@@ -8,9 +8,11 @@
 //! CPU), then for each concurrency level sends a fixed number of Ingest calls and prints
 //! documents/s, the p50/p99 latency of an acknowledged (committed) Ingest and how many calls
 //! shared a transaction; then IngestBatch calls of 10, 100 and 500 documents. The anchor is a
-//! bare rdkafka transactional producer with the gateway's settings, writing as many records of
-//! the same size in transactions of the same size. Bounded: a few hundred calls per level.
+//! bare rdkafka transactional producer with the gateway's settings, writing as many records
+//! with the same value and headers as the gateway's in transactions of the same size. Bounded:
+//! a few hundred calls per level.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -18,6 +20,9 @@ use rdkafka::util::Timeout;
 use serde_json::json;
 use sluice_client::{Client, Document};
 use sluice_core::kafka::{settle_deliveries, transactional_config};
+use sluice_core::record::{new_ingestion_id, now_ms, DocumentRecord, Operation};
+use sluice_core::schema::DocumentSchema;
+use sluice_core::tenant::TenantId;
 use sluice_core::tenants::{Quotas, Tenants};
 use sluice_gateway::server::{Gateway, Shared};
 use sluice_tests::{metric_sum, tenant_id, test_config, Broker, Database};
@@ -71,18 +76,33 @@ async fn main() {
     let fields = |text: &str| json!({"title": "Bench", "text": text, "source": "bench"});
 
     // The anchor: a bare rdkafka transactional producer, with the gateway's settings, writing
-    // records of the same size to the same topic in transactions of the same size as Sluice's.
+    // the gateway's records to the same topic in transactions of the same size as Sluice's.
     let producer: FutureProducer =
         transactional_config(&config.kafka, "bench-raw", Duration::from_secs(30))
             .create()
             .expect("raw producer");
     tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))
         .expect("init transactions");
-    // The size of what the gateway writes for one document: its Avro record and headers.
-    let payload = vec![b'x'; text.len() + 300];
+    // What the gateway writes for one of these documents: its framed Avro value and its
+    // headers (the key differs per record, as the gateway's do).
+    let sample = DocumentRecord {
+        tenant: TenantId::parse("bench").expect("tenant id"),
+        document_id: "b500-39-499".into(),
+        ingestion_id: new_ingestion_id(),
+        operation: Operation::Upsert,
+        attributes: BTreeMap::new(),
+        schema_fingerprint: DocumentSchema::default_document().fingerprint().to_owned(),
+        schema_id: Some(1),
+        accepted_at_ms: now_ms(),
+        payload: DocumentSchema::default_document()
+            .encode_json(&fields(&text).to_string())
+            .expect("the bench's document fits the default schema"),
+        idempotency_key: Some(format!("{}#499", uuid::Uuid::new_v4())),
+    };
+    let (payload, headers) = (sample.value(), sample.headers());
     let topic = config.kafka.documents_topic.clone();
     let raw_transaction = |size: usize, call: usize| {
-        let (producer, payload, topic) = (&producer, &payload, &topic);
+        let (producer, payload, headers, topic) = (&producer, &payload, &headers, &topic);
         async move {
             let t = Instant::now();
             // Off the async threads, as the gateway's producer does it.
@@ -94,7 +114,10 @@ async fn main() {
             let sends = (0..size).map(|i| {
                 let key = format!("raw-{size}-{call}-{i}");
                 async move {
-                    let record = FutureRecord::to(topic).key(&key).payload(payload);
+                    let record = FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(payload)
+                        .headers(headers.clone());
                     producer.send(record, Timeout::Never).await
                 }
             });
