@@ -311,7 +311,6 @@ fn refuses_the_record(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// librdkafka's transaction calls block; keep them off the async threads.
 /// Waits (briefly, bounded) until librdkafka has let go of the delivery reports already
 /// handed to us. A delivery future completes inside the producer's polling thread just before
 /// that thread frees the report; a commit that starts in between finds the producer not yet
@@ -325,6 +324,7 @@ pub fn settle_deliveries(producer: &FutureProducer) {
     }
 }
 
+/// librdkafka's transaction calls block; keep them off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
 ) -> Result<T, KafkaError> {
