@@ -292,6 +292,21 @@ impl Embedder {
     /// One unit-length vector per text, in order. Texts longer than `max_seq_len` tokens are
     /// embedded from their beginning, as sentence-transformers does.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        // One text (a query, a document of one chunk) runs whole on one of the pool's
+        // threads: its layers' parallel loops are then split between the pool's threads
+        // directly, instead of each loop being handed to the pool from outside and waited for
+        // (a wake-up of the calling thread per loop, dozens a pass). Measured on 2 cores:
+        // +13-17% tokens/s at batch 1, fp32 and int8; larger calls gain little. Those stay
+        // outside: a pool thread that waits may take up a whole call handed to the pool, and
+        // a query must never wait behind a batch that way (one text is at most ≈30 ms).
+        if texts.len() == 1 {
+            return rayon::scope(|_| self.embed_here(texts));
+        }
+        self.embed_here(texts)
+    }
+
+    /// [`Embedder::embed`] on the calling thread, each parallel loop handed to the pool.
+    fn embed_here(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = Vec::with_capacity(texts.len());
         let mut activations = self.spare_activations().pop().unwrap_or_default();
         for batch in texts.chunks(self.options.max_batch) {
