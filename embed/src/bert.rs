@@ -12,7 +12,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 
 use crate::int8::Int8Dense;
 use crate::kernels::{add_and_norm_rows, attend_one, bias_gelu_rows, AttentionJob};
-use crate::pool::{for_each_parallel, for_each_row_block};
+use crate::pool::{self, for_each_parallel, for_each_row_block};
 use crate::{EmbedError, PackedTokens};
 
 /// BERT encoder weights. Matrices stay candle tensors (they feed its matrix multiplication);
@@ -109,7 +109,7 @@ impl Dense {
         match &self.weights {
             DenseWeights::F32(weight_t) => {
                 let out = sized(out, rows * self.outputs);
-                let threads = rayon::current_num_threads();
+                let threads = pool::threads();
                 let parallelism = if threads > 1 {
                     gemm::Parallelism::Rayon(threads)
                 } else {

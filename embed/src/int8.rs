@@ -133,7 +133,12 @@ impl Int8Dense {
         let mut out = vec![0.0f32; rows * self.outputs];
         // Blocks of whole tiles, a few per thread; each block quantises its own rows.
         let tiles = rows.div_ceil(TILE_ROWS);
-        let tiles_per_block = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let threads = crate::pool::threads();
+        if threads == 1 {
+            self.forward_block(x, rows, &mut out);
+            return out;
+        }
+        let tiles_per_block = tiles.div_ceil(threads * 4).max(1);
         let block_rows = tiles_per_block * TILE_ROWS;
         out.par_chunks_mut(block_rows * self.outputs)
             .enumerate()

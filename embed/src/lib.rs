@@ -40,6 +40,7 @@ use std::sync::Mutex;
 
 use bert::{Activations, Bert};
 use candle_transformers::models::bert::Config;
+use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Environment variable that points at the model directory (read by callers, named here so the
@@ -51,6 +52,16 @@ pub const MODEL_DIR_ENV: &str = "SLUICE_MODEL_DIR";
 /// activations (50 MB for one layer's GELU input) no longer fit in the caches, and ≈10% faster
 /// than 256, which leaves the matrix multiplications too small to split well between threads.
 const TOKENS_PER_PASS: usize = 1024;
+
+/// Tokens per shard, at most: a call waiting for the pool (a query, while the worker embeds
+/// a batch) waits for one shard at most (≈ 50 ms fp32 on one core). Measured on 2 cores,
+/// shards of 256, 512 and 2,048 tokens ran as fast (single-threaded products of 256 rows
+/// keep the cores busy; split between threads they did not).
+const SHARD_TOKENS: usize = 256;
+/// Tokens per shard, at least, for a batch to be split into a shard per thread.
+const MIN_SHARD_TOKENS: usize = 128;
+/// How much heavier than an even share the heaviest shard may be.
+const MAX_SHARD_IMBALANCE: f64 = 1.15;
 
 /// Texts whose activations set the int8 mode's smoothing ([`bert::Bert::quantise`]): varied
 /// prose, a list, a short query and code, so that every channel's usual range shows up.
@@ -204,7 +215,7 @@ pub struct Embedder {
 }
 
 /// Activation buffers kept between calls, at most: one per call running at once, up to this.
-const SPARE_ACTIVATIONS: usize = 2;
+const SPARE_ACTIVATIONS: usize = 4;
 
 impl Embedder {
     /// Loads the model from `model_dir` (`config.json`, `tokenizer.json`, `model.safetensors`
@@ -276,7 +287,7 @@ impl Embedder {
             let encodings = model_tokenizer
                 .encode_batch_fast(CALIBRATION.to_vec(), true)
                 .map_err(EmbedError::Tokenize)?;
-            model.quantise(&PackedTokens::new(&encodings))?;
+            model.quantise(&PackedTokens::new(&encodings.iter().collect::<Vec<_>>()))?;
         }
 
         Ok(Embedder {
@@ -295,20 +306,20 @@ impl Embedder {
         // One text (a query, a document of one chunk) runs whole on one of the pool's
         // threads: its layers' parallel loops are then split between the pool's threads
         // directly, instead of each loop being handed to the pool from outside and waited for
-        // (a wake-up of the calling thread per loop, dozens a pass). Measured on 2 cores:
-        // +13-17% tokens/s at batch 1, fp32 and int8; larger calls gain little. Those stay
-        // outside: a pool thread that waits may take up a whole call handed to the pool, and
-        // a query must never wait behind a batch that way (one text is at most ≈30 ms).
+        // (a wake-up of the calling thread per loop, dozens a pass): +13-17% tokens/s at
+        // batch 1 on 2 cores. Several texts go in shards, one per thread, each whole on its
+        // thread (`embed_group`). Either way a pool thread takes up one text or one group of
+        // shards at a time, so a query waits behind a batch for that long at most.
         if texts.len() == 1 {
             return rayon::scope(|_| self.embed_here(texts));
         }
         self.embed_here(texts)
     }
 
-    /// [`Embedder::embed`] on the calling thread, each parallel loop handed to the pool.
+    /// [`Embedder::embed`] on the calling thread.
     fn embed_here(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let threads = pool::threads();
         let mut vectors = Vec::with_capacity(texts.len());
-        let mut activations = self.spare_activations().pop().unwrap_or_default();
         for batch in texts.chunks(self.options.max_batch) {
             let encodings = self
                 .model_tokenizer
@@ -316,19 +327,73 @@ impl Embedder {
                 .map_err(EmbedError::Tokenize)?;
             let mut rest = &encodings[..];
             while !rest.is_empty() {
-                // Whole texts up to TOKENS_PER_PASS tokens (at least one text) per forward pass.
+                // Whole texts up to a shard's worth of tokens per thread (at least one text).
                 let mut take = 1;
                 let mut tokens = rest[0].len();
-                while take < rest.len() && tokens + rest[take].len() <= TOKENS_PER_PASS {
+                while take < rest.len() && tokens + rest[take].len() <= threads * SHARD_TOKENS {
                     tokens += rest[take].len();
                     take += 1;
                 }
-                let (pass, tail) = rest.split_at(take);
+                let (group, tail) = rest.split_at(take);
                 rest = tail;
-                let tokens = PackedTokens::new(pass);
-                let hidden = self.model.forward(&tokens, &mut activations)?;
-                vectors.extend(mean_pool_normalised(hidden, &tokens, self.dimension()));
+                vectors.extend(self.embed_group(group, threads)?);
             }
+        }
+        Ok(vectors)
+    }
+
+    /// The vectors of `group`, in order: a shard of it per thread, each whole on its thread
+    /// ([`pool::alone`]), so that no thread waits for another in the middle of a pass;
+    /// or, when the group does not split evenly, in passes whose every loop is split
+    /// between the threads.
+    fn embed_group(
+        &self,
+        group: &[tokenizers::Encoding],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let shards = shards(group, threads);
+        if shards.len() == 1 {
+            return self.passes(&group.iter().collect::<Vec<_>>());
+        }
+        let results: Vec<_> = shards
+            .par_iter()
+            .with_max_len(1)
+            .map(|shard| {
+                let texts: Vec<_> = shard.iter().map(|&i| &group[i]).collect();
+                pool::alone(|| self.passes(&texts))
+            })
+            .collect();
+        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; group.len()];
+        for (shard, result) in shards.iter().zip(results) {
+            for (&i, vector) in shard.iter().zip(result?) {
+                vectors[i] = Some(vector);
+            }
+        }
+        Ok(vectors
+            .into_iter()
+            .map(|v| v.expect("every text is in a shard"))
+            .collect())
+    }
+
+    /// The vectors of `texts`, in order, in forward passes of up to [`TOKENS_PER_PASS`]
+    /// tokens each.
+    fn passes(&self, texts: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut activations = self.spare_activations().pop().unwrap_or_default();
+        let mut rest = texts;
+        while !rest.is_empty() {
+            // Whole texts up to TOKENS_PER_PASS tokens (at least one text) per forward pass.
+            let mut take = 1;
+            let mut tokens = rest[0].len();
+            while take < rest.len() && tokens + rest[take].len() <= TOKENS_PER_PASS {
+                tokens += rest[take].len();
+                take += 1;
+            }
+            let (pass, tail) = rest.split_at(take);
+            rest = tail;
+            let tokens = PackedTokens::new(pass);
+            let hidden = self.model.forward(&tokens, &mut activations)?;
+            vectors.extend(mean_pool_normalised(hidden, &tokens, self.dimension()));
         }
         let mut spare = self.spare_activations();
         if spare.len() < SPARE_ACTIVATIONS {
@@ -394,6 +459,41 @@ fn check_pooling(model_dir: &Path) -> Result<(), EmbedError> {
     }
 }
 
+/// The texts of a batch (by index) in `threads` shards of about as many tokens each, for a
+/// thread each: longest first, each to the shard with the fewest tokens so far. One shard
+/// (all of them, in order) when the batch has too few texts or tokens to split evenly: then
+/// every loop of a pass is split between the threads instead.
+fn shards(encodings: &[tokenizers::Encoding], threads: usize) -> Vec<Vec<usize>> {
+    let all = || vec![(0..encodings.len()).collect()];
+    let total: usize = encodings.iter().map(|e| e.len()).sum();
+    if threads < 2 || encodings.len() < threads || total < threads * MIN_SHARD_TOKENS {
+        return all();
+    }
+    let mut order: Vec<usize> = (0..encodings.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
+    let mut shards: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    for i in order {
+        let lightest = shards
+            .iter_mut()
+            .min_by_key(|(tokens, _)| *tokens)
+            .expect("at least two shards");
+        lightest.0 += encodings[i].len();
+        lightest.1.push(i);
+    }
+    // The call lasts as long as its heaviest shard.
+    let heaviest = shards.iter().map(|(tokens, _)| *tokens).max().unwrap_or(0);
+    if heaviest as f64 > MAX_SHARD_IMBALANCE * total as f64 / threads as f64 {
+        return all();
+    }
+    shards
+        .into_iter()
+        .map(|(_, mut texts)| {
+            texts.sort_unstable();
+            texts
+        })
+        .collect()
+}
+
 /// A batch of tokenised texts laid end to end: token `t` of text `i` is row
 /// `starts[i] + t` of every activation matrix.
 struct PackedTokens {
@@ -404,7 +504,7 @@ struct PackedTokens {
 }
 
 impl PackedTokens {
-    fn new(encodings: &[tokenizers::Encoding]) -> Self {
+    fn new(encodings: &[&tokenizers::Encoding]) -> Self {
         let mut packed = PackedTokens {
             ids: Vec::new(),
             type_ids: Vec::new(),
@@ -639,6 +739,64 @@ mod tests {
             let gap = largest_gap(alone, from_batch);
             assert!(gap < 1e-5, "batch and single differ by {gap} for {text:?}");
         }
+    }
+
+    /// A batch split into shards (one per thread, each on its thread alone) gives every text
+    /// the vector it gets alone, in the order of the texts.
+    #[test]
+    fn sharded_batches_equal_one_at_a_time() {
+        let embedder = embedder();
+        let sentence = "Consumers in the same group divide the partitions between them. ";
+        let texts: Vec<String> = (0..12).map(|n| sentence.repeat(1 + n % 5)).collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let encodings = embedder
+            .model_tokenizer
+            .encode_batch_fast(texts.clone(), true)
+            .unwrap();
+        // One group (under 2 × SHARD_TOKENS), in two shards on 2 threads.
+        assert_eq!(shards(&encodings, 2).len(), 2, "the test needs shards");
+        let batched = embedder.embed(&texts).unwrap();
+        for (text, from_batch) in texts.iter().zip(&batched) {
+            let alone = &embedder.embed(&[text]).unwrap()[0];
+            let gap = largest_gap(alone, from_batch);
+            assert!(
+                gap < 1e-5,
+                "sharded and single differ by {gap} for {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shards_balance_tokens_and_hold_every_text_once() {
+        let embedder = embedder();
+        let encode = |lengths: &[usize]| {
+            let texts: Vec<String> = lengths.iter().map(|&n| "tide ".repeat(n)).collect();
+            embedder
+                .model_tokenizer
+                .encode_batch_fast(texts, true)
+                .unwrap()
+        };
+        let encodings = encode(&[100, 20, 90, 30, 60, 50]);
+        let shards = shards(&encodings, 2);
+        assert_eq!(shards.len(), 2);
+        let mut all: Vec<usize> = shards.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..6).collect::<Vec<_>>());
+        let tokens: Vec<usize> = shards
+            .iter()
+            .map(|shard| shard.iter().map(|&i| encodings[i].len()).sum())
+            .collect();
+        assert!(tokens[0].abs_diff(tokens[1]) <= 10, "{tokens:?}");
+        // Too uneven, too few texts or too few tokens: one shard, in order.
+        for lengths in [&[200, 20][..], &[200][..], &[30, 30][..]] {
+            let encodings = encode(lengths);
+            assert_eq!(
+                super::shards(&encodings, 2),
+                vec![(0..lengths.len()).collect::<Vec<_>>()],
+                "{lengths:?}"
+            );
+        }
+        assert_eq!(super::shards(&encodings, 1).len(), 1);
     }
 
     /// Every pass of a call reuses the buffers of the one before: a short text after a long
