@@ -7,12 +7,13 @@
 //!
 //! # Layout
 //! - this file: the public API ([`Embedder`], [`EmbedderOptions`], [`EmbedError`]), loading a
-//!   model directory, tokenisation, packing texts into passes, and pooling.
+//!   model directory, tokenisation, packing texts into shards (one per thread) and passes,
+//!   and pooling.
 //! - [`bert`]: the encoder, its weights and one forward pass.
 //! - [`kernels`]: the element-wise loops and attention, compiled for AVX2/FMA when the CPU has them.
 //! - [`int8`]: the reduced-precision linear layers ([`Precision::Int8`]) on AVX-512 VNNI.
 //! - [`pool`]: running those loops on every core (rayon's pool, the one candle's matrix
-//!   multiplications use).
+//!   multiplications use), or on one thread alone while the others run shards of their own.
 //! - `benches/embedding.rs`: tokens/s at batch 1, 8 and 32, on 256-token chunks and short
 //!   documents, beside sentence-transformers and ONNX Runtime when they are installed
 //!   (`benches/anchors.py`, `deploy/dev/install --anchors`).
