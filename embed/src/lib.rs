@@ -10,7 +10,8 @@
 //!   model directory, tokenisation, packing texts into shards (one per thread) and passes,
 //!   and pooling.
 //! - [`bert`]: the encoder, its weights and one forward pass.
-//! - [`kernels`]: the element-wise loops and attention, compiled for AVX2/FMA when the CPU has them.
+//! - [`kernels`]: the element-wise loops and attention, compiled for AVX2/FMA and AVX-512 when
+//!   the CPU has them.
 //! - [`int8`]: the reduced-precision linear layers ([`Precision::Int8`]) on AVX-512 VNNI.
 //! - [`pool`]: running those loops on every core (rayon's pool, the one candle's matrix
 //!   multiplications use), or on one thread alone while the others run shards of their own.
