@@ -216,7 +216,8 @@ pub struct Embedder {
     spare: Mutex<Vec<Activations>>,
 }
 
-/// Activation buffers kept between calls, at most: one per call running at once, up to this.
+/// Activation buffers kept between calls, at most: one per call (or, in a sharded batch, per
+/// shard) running at once, up to this.
 const SPARE_ACTIVATIONS: usize = 4;
 
 impl Embedder {
@@ -329,13 +330,8 @@ impl Embedder {
                 .map_err(EmbedError::Tokenize)?;
             let mut rest = &encodings[..];
             while !rest.is_empty() {
-                // Whole texts up to a shard's worth of tokens per thread (at least one text).
-                let mut take = 1;
-                let mut tokens = rest[0].len();
-                while take < rest.len() && tokens + rest[take].len() <= threads * SHARD_TOKENS {
-                    tokens += rest[take].len();
-                    take += 1;
-                }
+                // A shard's worth of tokens per thread.
+                let take = fitting(rest.iter().map(|e| e.len()), threads * SHARD_TOKENS);
                 let (group, tail) = rest.split_at(take);
                 rest = tail;
                 vectors.extend(self.embed_group(group, threads)?);
@@ -384,13 +380,7 @@ impl Embedder {
         let mut activations = self.spare_activations().pop().unwrap_or_default();
         let mut rest = texts;
         while !rest.is_empty() {
-            // Whole texts up to TOKENS_PER_PASS tokens (at least one text) per forward pass.
-            let mut take = 1;
-            let mut tokens = rest[0].len();
-            while take < rest.len() && tokens + rest[take].len() <= TOKENS_PER_PASS {
-                tokens += rest[take].len();
-                take += 1;
-            }
+            let take = fitting(rest.iter().map(|e| e.len()), TOKENS_PER_PASS);
             let (pass, tail) = rest.split_at(take);
             rest = tail;
             let tokens = PackedTokens::new(pass);
@@ -459,6 +449,21 @@ fn check_pooling(model_dir: &Path) -> Result<(), EmbedError> {
             path.display()
         )))
     }
+}
+
+/// How many texts, whole and from the first, fit in `limit` tokens: at least one (a longer
+/// text goes alone). `lengths` are the texts' lengths in tokens.
+fn fitting(mut lengths: impl Iterator<Item = usize>, limit: usize) -> usize {
+    let mut tokens = lengths.next().unwrap_or(0);
+    let mut take = 1;
+    for length in lengths {
+        if tokens + length > limit {
+            break;
+        }
+        tokens += length;
+        take += 1;
+    }
+    take
 }
 
 /// The texts of a batch (by index) in `threads` shards of about as many tokens each, for a
@@ -766,6 +771,14 @@ mod tests {
                 "sharded and single differ by {gap} for {text:?}"
             );
         }
+    }
+
+    #[test]
+    fn passes_and_groups_take_whole_texts_within_their_tokens() {
+        assert_eq!(fitting([100, 100, 100].into_iter(), 250), 2);
+        assert_eq!(fitting([10, 10].into_iter(), 256), 2);
+        // A text longer than the limit still goes, alone.
+        assert_eq!(fitting([300, 10].into_iter(), 256), 1);
     }
 
     #[test]
