@@ -254,7 +254,8 @@ pub struct ModelConfig {
     /// Directory with model.safetensors, tokenizer.json and config.json of all-MiniLM-L6-v2.
     /// Default `$HOME/.cache/sluice/model` (where `deploy/dev/install` puts it).
     pub dir: PathBuf,
-    /// Chunks embedded in one forward pass. Default 16.
+    /// Chunks tokenised at once (the model runs shards of about 256 tokens, whatever this
+    /// is). Default 16.
     pub max_batch: usize,
     /// Arithmetic of the model's linear layers: `fp32` (default) or `int8` (faster, needs a
     /// CPU with AVX-512 VNNI; vectors within cosine 0.99 of fp32). Every process that embeds

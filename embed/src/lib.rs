@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - this file: the public API ([`Embedder`], [`EmbedderOptions`], [`EmbedError`]), loading a
-//!   model directory, tokenisation, packing texts into shards (one per thread) and passes,
+//!   model directory, tokenisation, packing texts into shards (a thread's work at a time) and
+//!   passes,
 //!   and pooling.
 //! - [`bert`]: the encoder, its weights and one forward pass.
 //! - [`kernels`]: the element-wise loops and attention, compiled for AVX2/FMA and AVX-512 when
@@ -42,7 +43,6 @@ use std::sync::Mutex;
 
 use bert::{Activations, Bert};
 use candle_transformers::models::bert::Config;
-use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Environment variable that points at the model directory (read by callers, named here so the
@@ -55,7 +55,7 @@ pub const MODEL_DIR_ENV: &str = "SLUICE_MODEL_DIR";
 /// than 256, which leaves the matrix multiplications too small to split well between threads.
 const TOKENS_PER_PASS: usize = 1024;
 
-/// Tokens per shard, at most: a call waiting for the pool (a query, while the worker embeds
+/// Tokens per shard, about: a call waiting for the pool (a query, while the worker embeds
 /// a batch) waits for one shard at most (≈ 50 ms fp32 on one core). Measured on 2 cores,
 /// shards of 256, 512 and 2,048 tokens ran as fast (single-threaded products of 256 rows
 /// keep the cores busy; split between threads they did not).
@@ -90,8 +90,8 @@ const REQUIRED_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safet
 /// Tuning knobs for [`Embedder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedderOptions {
-    /// Most texts tokenised at once. The model itself runs on up to 1,024 tokens at a time
-    /// (four 256-token texts), which measured fastest; this bounds memory for tokens and vectors.
+    /// Most texts tokenised at once. The model itself runs shards of about 256 tokens, handed
+    /// to its threads from the whole call, whatever this is.
     pub max_batch: usize,
     /// Tokens per text, `[CLS]` and `[SEP]` included; longer texts are truncated.
     /// 256 is what all-MiniLM-L6-v2 was trained with and what sentence-transformers uses.
@@ -310,9 +310,9 @@ impl Embedder {
         // threads: its layers' parallel loops are then split between the pool's threads
         // directly, instead of each loop being handed to the pool from outside and waited for
         // (a wake-up of the calling thread per loop, dozens a pass): +13-17% tokens/s at
-        // batch 1 on 2 cores. Several texts go in shards, one per thread, each whole on its
-        // thread (`embed_group`). Either way a pool thread takes up one text or one group of
-        // shards at a time, so a query waits behind a batch for that long at most.
+        // batch 1 on 2 cores. Several texts go in shards, each whole on one thread, handed
+        // out one at a time (`embed_here`). Either way a pool thread takes up one text or one
+        // shard at a time, so a query waits behind a batch for that long at most.
         if texts.len() == 1 {
             return rayon::scope(|_| self.embed_here(texts));
         }
@@ -321,47 +321,25 @@ impl Embedder {
 
     /// [`Embedder::embed`] on the calling thread.
     fn embed_here(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let threads = pool::threads();
-        let mut vectors = Vec::with_capacity(texts.len());
+        let mut encodings = Vec::with_capacity(texts.len());
         for batch in texts.chunks(self.options.max_batch) {
-            let encodings = self
-                .model_tokenizer
-                .encode_batch_fast(batch.to_vec(), true)
-                .map_err(EmbedError::Tokenize)?;
-            let mut rest = &encodings[..];
-            while !rest.is_empty() {
-                // A shard's worth of tokens per thread.
-                let take = fitting(rest.iter().map(|e| e.len()), threads * SHARD_TOKENS);
-                let (group, tail) = rest.split_at(take);
-                rest = tail;
-                vectors.extend(self.embed_group(group, threads)?);
-            }
+            encodings.extend(
+                self.model_tokenizer
+                    .encode_batch_fast(batch.to_vec(), true)
+                    .map_err(EmbedError::Tokenize)?,
+            );
         }
-        Ok(vectors)
-    }
-
-    /// The vectors of `group`, in order: a shard of it per thread, each whole on its thread
-    /// ([`pool::alone`]), so that no thread waits for another in the middle of a pass;
-    /// or, when the group does not split evenly, in passes whose every loop is split
-    /// between the threads.
-    fn embed_group(
-        &self,
-        group: &[tokenizers::Encoding],
-        threads: usize,
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let shards = shards(group, threads);
+        let shards = shards(&encodings, pool::threads());
         if shards.len() == 1 {
-            return self.passes(&group.iter().collect::<Vec<_>>());
+            return self.passes(&encodings.iter().collect::<Vec<_>>());
         }
-        let results: Vec<_> = shards
-            .par_iter()
-            .with_max_len(1)
-            .map(|shard| {
-                let texts: Vec<_> = shard.iter().map(|&i| &group[i]).collect();
-                pool::alone(|| self.passes(&texts))
-            })
-            .collect();
-        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; group.len()];
+        // Each shard whole on one thread ([`pool::alone`]), so that no thread waits for
+        // another in the middle of a pass, handed out as threads free up ([`pool::stream`]).
+        let results = pool::stream(&shards, |shard| {
+            let texts: Vec<_> = shard.iter().map(|&i| &encodings[i]).collect();
+            pool::alone(|| self.passes(&texts))
+        });
+        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; encodings.len()];
         for (shard, result) in shards.iter().zip(results) {
             for (&i, vector) in shard.iter().zip(result?) {
                 vectors[i] = Some(vector);
@@ -466,19 +444,23 @@ fn fitting(mut lengths: impl Iterator<Item = usize>, limit: usize) -> usize {
     take
 }
 
-/// The texts of a batch (by index) in `threads` shards of about as many tokens each, for a
-/// thread each: longest first, each to the shard with the fewest tokens so far. One shard
-/// (all of them, in order) when the batch has too few texts or tokens to split evenly: then
-/// every loop of a pass is split between the threads instead.
+/// The texts of a call (by index) in shards of about [`SHARD_TOKENS`] each, heaviest first,
+/// for a thread each: as many shards as fit, in a multiple of `threads`, each text (longest
+/// first) to the shard with the fewest tokens so far, so that the threads run out of work at
+/// about the same time. One shard (all of them, in order) when the texts are too few, or too
+/// short, or too uneven to split: then every loop of a pass is split between the threads
+/// instead.
 fn shards(encodings: &[tokenizers::Encoding], threads: usize) -> Vec<Vec<usize>> {
     let all = || vec![(0..encodings.len()).collect()];
     let total: usize = encodings.iter().map(|e| e.len()).sum();
     if threads < 2 || encodings.len() < threads || total < threads * MIN_SHARD_TOKENS {
         return all();
     }
+    let rounds = (total as f64 / (threads * SHARD_TOKENS) as f64).round() as usize;
+    let count = (threads * rounds.max(1)).min(encodings.len() / threads * threads);
     let mut order: Vec<usize> = (0..encodings.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
-    let mut shards: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    let mut shards: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); count];
     for i in order {
         let lightest = shards
             .iter_mut()
@@ -487,11 +469,13 @@ fn shards(encodings: &[tokenizers::Encoding], threads: usize) -> Vec<Vec<usize>>
         lightest.0 += encodings[i].len();
         lightest.1.push(i);
     }
-    // The call lasts as long as its heaviest shard.
+    // With a shard per thread, the call lasts as long as the heaviest; with more, the threads
+    // even out as they take the next (heaviest first).
     let heaviest = shards.iter().map(|(tokens, _)| *tokens).max().unwrap_or(0);
-    if heaviest as f64 > MAX_SHARD_IMBALANCE * total as f64 / threads as f64 {
+    if count == threads && heaviest as f64 > MAX_SHARD_IMBALANCE * total as f64 / threads as f64 {
         return all();
     }
+    shards.sort_by_key(|(tokens, _)| std::cmp::Reverse(*tokens));
     shards
         .into_iter()
         .map(|(_, mut texts)| {
@@ -748,20 +732,20 @@ mod tests {
         }
     }
 
-    /// A batch split into shards (one per thread, each on its thread alone) gives every text
-    /// the vector it gets alone, in the order of the texts.
+    /// A batch split into shards (each whole on one thread, handed out as threads free up)
+    /// gives every text the vector it gets alone, in the order of the texts.
     #[test]
     fn sharded_batches_equal_one_at_a_time() {
         let embedder = embedder();
         let sentence = "Consumers in the same group divide the partitions between them. ";
-        let texts: Vec<String> = (0..12).map(|n| sentence.repeat(1 + n % 5)).collect();
+        let texts: Vec<String> = (0..40).map(|n| sentence.repeat(1 + n % 5)).collect();
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let encodings = embedder
             .model_tokenizer
             .encode_batch_fast(texts.clone(), true)
             .unwrap();
-        // One group (under 2 × SHARD_TOKENS), in two shards on 2 threads.
-        assert_eq!(shards(&encodings, 2).len(), 2, "the test needs shards");
+        // Shards on 2 threads: several rounds of them.
+        assert!(shards(&encodings, 2).len() > 2, "the test needs shards");
         let batched = embedder.embed(&texts).unwrap();
         for (text, from_batch) in texts.iter().zip(&batched) {
             let alone = &embedder.embed(&[text]).unwrap()[0];
@@ -774,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn passes_and_groups_take_whole_texts_within_their_tokens() {
+    fn passes_take_whole_texts_within_their_tokens() {
         assert_eq!(fitting([100, 100, 100].into_iter(), 250), 2);
         assert_eq!(fitting([10, 10].into_iter(), 256), 2);
         // A text longer than the limit still goes, alone.
