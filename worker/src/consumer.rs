@@ -44,8 +44,12 @@ use tracing::{Instrument, Span};
 use crate::indexer::{Indexer, ProcessError, Processed, Staged, SCHEMA_REGISTRY};
 use crate::rebalance::Rebalances;
 
-/// Records in one batch (one embedding call, one transaction), at most.
-const MAX_BATCH: usize = 16;
+/// Records in one batch (one embedding call, one transaction), at most. The model spreads a
+/// call over its threads in shards of ≈256 tokens, and its threads only fall idle at the end
+/// of a call: measured on 2 cores with documents of ≈85 tokens, batches of up to 64 took the
+/// worker from 0.82-0.85 of the embedder's own throughput to 0.90-0.93 (16 before). Light load
+/// is unaffected (a batch goes once its first record has waited `BATCH_LINGER`).
+const MAX_BATCH: usize = 64;
 /// Batches past gathering at once: the one at the model and the next, made ready meanwhile.
 const MAX_AHEAD: usize = 2;
 /// How long to wait for more records to join a batch once one has arrived.
