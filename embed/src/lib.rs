@@ -8,8 +8,7 @@
 //! # Layout
 //! - this file: the public API ([`Embedder`], [`EmbedderOptions`], [`EmbedError`]), loading a
 //!   model directory, tokenisation, packing texts into shards (a thread's work at a time) and
-//!   passes,
-//!   and pooling.
+//!   passes, and pooling.
 //! - [`bert`]: the encoder, its weights and one forward pass.
 //! - [`kernels`]: the element-wise loops and attention, compiled for AVX2/FMA and AVX-512 when
 //!   the CPU has them.
@@ -786,6 +785,26 @@ mod tests {
             .map(|shard| shard.iter().map(|&i| encodings[i].len()).sum())
             .collect();
         assert!(tokens[0].abs_diff(tokens[1]) <= 10, "{tokens:?}");
+        // A larger call: shards of about SHARD_TOKENS, a multiple of the threads in number,
+        // heaviest first, even.
+        let lengths: Vec<usize> = (0..60).map(|n| 20 + (n * 37) % 150).collect();
+        let encodings = encode(&lengths);
+        let shards = super::shards(&encodings, 2);
+        let total: usize = encodings.iter().map(|e| e.len()).sum();
+        assert_eq!(shards.len() % 2, 0);
+        assert_eq!(
+            shards.len(),
+            2 * (total as f64 / (2 * SHARD_TOKENS) as f64).round() as usize
+        );
+        let mut all: Vec<usize> = shards.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..60).collect::<Vec<_>>());
+        let tokens: Vec<usize> = shards
+            .iter()
+            .map(|shard| shard.iter().map(|&i| encodings[i].len()).sum())
+            .collect();
+        assert!(tokens.windows(2).all(|w| w[0] >= w[1]), "{tokens:?}");
+        assert!(tokens[0] - tokens[tokens.len() - 1] <= 175, "{tokens:?}");
         // Too uneven, too few texts or too few tokens: one shard, in order.
         for lengths in [&[200, 20][..], &[200][..], &[30, 30][..]] {
             let encodings = encode(lengths);
