@@ -774,16 +774,20 @@ mod tests {
                 .encode_batch_fast(texts, true)
                 .unwrap()
         };
+        // Each shard's tokens, after checking that the shards hold every text once.
+        let tokens_of = |encodings: &[tokenizers::Encoding], shards: &[Vec<usize>]| {
+            let mut all: Vec<usize> = shards.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..encodings.len()).collect::<Vec<_>>());
+            shards
+                .iter()
+                .map(|shard| shard.iter().map(|&i| encodings[i].len()).sum())
+                .collect::<Vec<usize>>()
+        };
         let encodings = encode(&[100, 20, 90, 30, 60, 50]);
         let shards = shards(&encodings, 2);
         assert_eq!(shards.len(), 2);
-        let mut all: Vec<usize> = shards.concat();
-        all.sort_unstable();
-        assert_eq!(all, (0..6).collect::<Vec<_>>());
-        let tokens: Vec<usize> = shards
-            .iter()
-            .map(|shard| shard.iter().map(|&i| encodings[i].len()).sum())
-            .collect();
+        let tokens = tokens_of(&encodings, &shards);
         assert!(tokens[0].abs_diff(tokens[1]) <= 10, "{tokens:?}");
         // A larger call: shards of about SHARD_TOKENS, a multiple of the threads in number,
         // heaviest first, even.
@@ -796,13 +800,7 @@ mod tests {
             shards.len(),
             2 * (total as f64 / (2 * SHARD_TOKENS) as f64).round() as usize
         );
-        let mut all: Vec<usize> = shards.concat();
-        all.sort_unstable();
-        assert_eq!(all, (0..60).collect::<Vec<_>>());
-        let tokens: Vec<usize> = shards
-            .iter()
-            .map(|shard| shard.iter().map(|&i| encodings[i].len()).sum())
-            .collect();
+        let tokens = tokens_of(&encodings, &shards);
         assert!(tokens.windows(2).all(|w| w[0] >= w[1]), "{tokens:?}");
         assert!(tokens[0] - tokens[tokens.len() - 1] <= 175, "{tokens:?}");
         // Too uneven, too few texts or too few tokens: one shard, in order.
