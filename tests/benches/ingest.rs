@@ -207,6 +207,7 @@ async fn main() {
             made.records_per_transaction(),
             rate / raw_rate,
         );
+        made.print_stages();
     }
     println!(
         "(Sluice/raw: documents/s through Ingest ÷ the bare producer's, as many records in \
@@ -226,6 +227,7 @@ async fn main() {
     );
     for size in [10usize, 100, 500] {
         let calls = calls_for(size);
+        let before = Transactions::read();
         let (mut sluice, mut raw) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
         for block in (0..calls).collect::<Vec<_>>().chunks(calls / BLOCKS) {
             for &call in block {
@@ -246,6 +248,7 @@ async fn main() {
             }
             tokio::time::sleep(PAUSE).await;
         }
+        let made = Transactions::read().since(&before);
         let (sluice, raw) = (Calls::of(sluice, size), Calls::of(raw, size));
         sluice.print(&size.to_string(), "Sluice", "");
         raw.print(
@@ -257,39 +260,9 @@ async fn main() {
                 sluice.rate / raw.rate
             ),
         );
+        made.print_stages();
     }
     println!("(Sluice/raw: of the medians, and in brackets of docs/s over all calls; goal ≥ 0.90)");
-    // Where a gateway call's time goes, from its own metrics (all of the above together).
-    let metrics = sluice_core::metrics::render();
-    let mut stages: Vec<(String, f64, f64)> = Vec::new();
-    for line in metrics.lines() {
-        for (name, suffix) in [
-            ("sluice_gateway_database_duration_seconds", "_sum"),
-            ("sluice_gateway_transaction_duration_seconds", "_sum"),
-        ] {
-            let Some(rest) = line.strip_prefix(&format!("{name}{suffix}")) else {
-                continue;
-            };
-            let (labels, value) = rest.rsplit_once(' ').unwrap_or(("", "0"));
-            let count_line = format!("{name}_count{labels} ");
-            let count = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(&count_line)?.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            stages.push((
-                format!("{name}{labels}"),
-                value.parse().unwrap_or(0.0),
-                count,
-            ));
-        }
-    }
-    println!("gateway stages (mean per call):");
-    for (stage, sum, count) in stages {
-        println!(
-            "  {stage:<80} {:>8.2} ms over {count:>6.0}",
-            1000.0 * sum / count.max(1.0)
-        );
-    }
     gateway.shutdown().await;
 }
 
@@ -330,12 +303,36 @@ impl Calls {
     }
 }
 
-/// The appender's transactions so far, from the gateway's metrics (this process runs one).
+/// The appender's transactions so far, and where a call's time went, from the gateway's
+/// metrics (this process runs one gateway).
 struct Transactions {
     transactions: f64,
     requests: f64,
     records: f64,
+    /// Seconds in all and how many, for each stage.
+    stages: Vec<(&'static str, f64, f64)>,
 }
+
+/// The stages of a call the gateway times: the idempotency claim (its wait included), the
+/// Kafka transaction, and the recording after the answer (which the next claim may wait for:
+/// both are database transactions).
+const STAGES: [(&str, &str, &[&str]); 3] = [
+    (
+        "claim",
+        "sluice_gateway_database_duration_seconds",
+        &["operation=\"claim\""],
+    ),
+    (
+        "transaction",
+        "sluice_gateway_transaction_duration_seconds",
+        &[],
+    ),
+    (
+        "record",
+        "sluice_gateway_database_duration_seconds",
+        &["operation=\"record_accepted\""],
+    ),
+];
 
 impl Transactions {
     fn read() -> Self {
@@ -352,6 +349,16 @@ impl Transactions {
                 &appender,
             ),
             records: sum("sluice_gateway_transaction_records_per_batch_sum", &[]),
+            stages: STAGES
+                .iter()
+                .map(|(stage, name, labels)| {
+                    (
+                        *stage,
+                        sum(&format!("{name}_sum"), labels),
+                        sum(&format!("{name}_count"), labels),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -360,6 +367,14 @@ impl Transactions {
             transactions: self.transactions - before.transactions,
             requests: self.requests - before.requests,
             records: self.records - before.records,
+            stages: self
+                .stages
+                .iter()
+                .zip(&before.stages)
+                .map(|((stage, sum, count), (_, sum0, count0))| {
+                    (*stage, sum - sum0, count - count0)
+                })
+                .collect(),
         }
     }
 
@@ -369,5 +384,15 @@ impl Transactions {
 
     fn records_per_transaction(&self) -> f64 {
         self.records / self.transactions.max(1.0)
+    }
+
+    /// The mean of each stage, on a line of its own.
+    fn print_stages(&self) {
+        let means: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(stage, sum, count)| format!("{stage} {:.2} ms", 1000.0 * sum / count.max(1.0)))
+            .collect();
+        println!("{:>12} gateway, means: {}", "", means.join(", "));
     }
 }
