@@ -1,14 +1,14 @@
 //! Idempotency claims: the database constraint that makes a key write once across gateways.
 //!
-//! A gateway claims a request's keys (one row per key, primary key `(tenant, key)`) before it
-//! writes to Kafka. The insert either succeeds for every key or fails on the constraint, so of
-//! two gateways given the same key at the same instant exactly one writes; the other waits
-//! for the winner's ingestion to be recorded and answers with it. A claim whose write failed
-//! is released; one left by a gateway that died mid-write is forgotten once it is older than the
-//! lease (see [`forget`]).
+//! A gateway claims a request's key (one row, primary key `(tenant, key)`) before it writes to
+//! Kafka. The insert either succeeds or finds the key taken, so of two gateways given the same
+//! key at the same instant exactly one writes; the other waits for the winner's ingestion to
+//! be recorded and answers with it. A claim whose write failed is released; one left by a
+//! gateway that died mid-write is forgotten once it is older than the lease (see [`forget`]).
 
 use sea_orm::entity::prelude::*;
-use sea_orm::{QueryFilter, Set, TransactionTrait};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{QueryFilter, QueryTrait, Set};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_claims")]
@@ -27,50 +27,60 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Claims several requests' keys, each `(tenant, [(key, ingestion id)])`, in one database
-/// transaction: one commit (one wait for the disk) for all of them. Each request's keys are
-/// claimed all or none; returns, per request, whether it holds them now (`false`: another
-/// writer holds at least one of its keys, and none of them was claimed).
+/// What one request claims: its tenant, its key, and the ingestion it writes under the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub tenant: String,
+    pub key: String,
+    pub ingestion_id: String,
+}
+
+/// Claims several requests' keys in one statement (one commit, one wait for the disk, one
+/// round trip however many requests). Returns, per request, whether it holds its key now
+/// (`false`: another writer, or an earlier request of the same group, holds it).
 pub async fn claim(
     db: &DatabaseConnection,
-    wanted: &[(String, Vec<(String, String)>)],
+    wanted: &[Wanted],
     now_ms: i64,
 ) -> Result<Vec<bool>, DbErr> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
     // Keys in one order for every writer: an insert waits for another transaction's
     // uncommitted row with the same key (PostgreSQL), so two gateways inserting the same keys
-    // in different orders would each wait for the other. Requests claim one key each (see
-    // the gateway's idempotency), so ordering requests by key orders every insert.
-    let mut order: Vec<usize> = (0..wanted.len()).collect();
-    order.sort_by(|&a, &b| {
-        let first = |i: usize| (&wanted[i].0, wanted[i].1.iter().min());
-        first(a).cmp(&first(b))
-    });
-    let txn = db.begin().await?;
-    let mut claimed = vec![true; wanted.len()];
-    for i in order {
-        let (tenant, claims) = &wanted[i];
-        if claims.is_empty() {
-            continue;
-        }
-        // A savepoint per request: a key held elsewhere undoes that request's rows only.
-        let request = txn.begin().await?;
-        let rows = claims.iter().map(|(key, ingestion_id)| ActiveModel {
-            tenant: Set(tenant.clone()),
-            key: Set(key.clone()),
-            ingestion_id: Set(ingestion_id.clone()),
-            claimed_at_ms: Set(now_ms),
-        });
-        match Entity::insert_many(rows).exec(&request).await {
-            Ok(_) => request.commit().await?,
-            Err(error) if super::is_unique_violation(&error) => {
-                request.rollback().await?;
-                claimed[i] = false;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    txn.commit().await?;
-    Ok(claimed)
+    // in different orders could each wait for the other.
+    let mut rows: Vec<&Wanted> = wanted.iter().collect();
+    rows.sort_by(|a, b| (&a.tenant, &a.key).cmp(&(&b.tenant, &b.key)));
+    let mut insert = Entity::insert_many(rows.into_iter().map(|w| ActiveModel {
+        tenant: Set(w.tenant.clone()),
+        key: Set(w.key.clone()),
+        ingestion_id: Set(w.ingestion_id.clone()),
+        claimed_at_ms: Set(now_ms),
+    }))
+    // A key held already is skipped, not an error: the statement claims every other one, and
+    // returns the rows it inserted (sea-orm's own RETURNING is PostgreSQL-only unless
+    // configured, so the statement is built here; SQLite has had RETURNING since 3.35).
+    .on_conflict(
+        OnConflict::columns([Column::Tenant, Column::Key])
+            .do_nothing()
+            .to_owned(),
+    )
+    .into_query();
+    insert.returning_all();
+    let inserted = Entity::find()
+        .from_raw_sql(db.get_database_backend().build(&insert))
+        .all(db)
+        .await?;
+    // Matched on the ingestion too: of two requests with the same key, only the one whose
+    // row went in holds it.
+    Ok(wanted
+        .iter()
+        .map(|w| {
+            inserted.iter().any(|row| {
+                row.tenant == w.tenant && row.key == w.key && row.ingestion_id == w.ingestion_id
+            })
+        })
+        .collect())
 }
 
 /// The claims held on these keys.
@@ -130,31 +140,39 @@ pub async fn prune(db: &impl ConnectionTrait, before_ms: i64) -> Result<u64, DbE
 mod tests {
     use super::*;
 
-    fn one(key: &str, ingestion_id: &str) -> Vec<(String, String)> {
-        vec![(key.to_owned(), ingestion_id.to_owned())]
+    fn wanted(tenant: &str, key: &str, ingestion_id: &str) -> Wanted {
+        Wanted {
+            tenant: tenant.into(),
+            key: key.into(),
+            ingestion_id: ingestion_id.into(),
+        }
     }
 
-    #[tokio::test]
-    async fn a_held_key_refuses_its_own_request_and_no_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/claims.db?mode=rwc", dir.path().display());
-        let db = crate::db::connect(&url).await.unwrap();
+    async fn a_held_key_refuses_its_own_request_and_no_other(db: DatabaseConnection) {
         assert_eq!(
-            claim(&db, &[("t".into(), one("k1", "first"))], 1)
-                .await
-                .unwrap(),
+            claim(&db, &[wanted("t", "k1", "first")], 1).await.unwrap(),
             [true]
         );
-        // Together: a new key, the held key again, the same key for another tenant, no key.
-        let wanted = [
-            ("t".into(), one("k2", "second")),
-            ("t".into(), one("k1", "again")),
-            ("u".into(), one("k1", "other tenant")),
-            ("t".into(), Vec::new()),
+        // Together: a new key, the held key again, the same key for another tenant, and two
+        // requests with one new key (the first in the statement's order wins).
+        let group = [
+            wanted("t", "k2", "second"),
+            wanted("t", "k1", "again"),
+            wanted("u", "k1", "other tenant"),
+            wanted("t", "k3", "one"),
+            wanted("t", "k3", "two"),
         ];
+        let claimed = claim(&db, &group, 2).await.unwrap();
+        assert_eq!(claimed[..3], [true, false, true]);
         assert_eq!(
-            claim(&db, &wanted, 2).await.unwrap(),
-            [true, false, true, true]
+            claimed[3..].iter().filter(|held| **held).count(),
+            1,
+            "{claimed:?}"
+        );
+        // Nothing held at all is an answer too.
+        assert_eq!(
+            claim(&db, &[wanted("t", "k1", "third")], 3).await.unwrap(),
+            [false]
         );
         let claims_of = |tenant: &'static str| {
             let db = db.clone();
@@ -168,7 +186,7 @@ mod tests {
                     .collect::<Vec<_>>()
             }
         };
-        // The refused request left nothing behind, and the earlier claim stands.
+        // The refused requests left nothing behind, and the earlier claim stands.
         assert_eq!(
             claims_of("t").await,
             [
@@ -177,5 +195,20 @@ mod tests {
             ]
         );
         assert_eq!(claims_of("u").await, [("k1".into(), "other tenant".into())]);
+    }
+
+    #[tokio::test]
+    async fn claims_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/claims.db?mode=rwc", dir.path().display());
+        a_held_key_refuses_its_own_request_and_no_other(crate::db::connect(&url).await.unwrap())
+            .await;
+    }
+
+    #[tokio::test]
+    async fn claims_on_postgres() {
+        let url = crate::db::testing::fresh_postgres_database().await;
+        a_held_key_refuses_its_own_request_and_no_other(crate::db::connect(&url).await.unwrap())
+            .await;
     }
 }
