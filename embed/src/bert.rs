@@ -144,7 +144,7 @@ impl Dense {
                     );
                 }
             }
-            DenseWeights::Int8(layer) => *out = layer.forward(x),
+            DenseWeights::Int8(layer) => layer.forward_into(x, sized(out, rows * self.outputs)),
         }
     }
 }
