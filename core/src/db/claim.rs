@@ -58,8 +58,7 @@ pub async fn claim(
         claimed_at_ms: Set(now_ms),
     }))
     // A key held already is skipped, not an error: the statement claims every other one, and
-    // returns the rows it inserted (sea-orm's own RETURNING is PostgreSQL-only unless
-    // configured, so the statement is built here; SQLite has had RETURNING since 3.35).
+    // returns the rows it inserted.
     .on_conflict(
         OnConflict::columns([Column::Tenant, Column::Key])
             .do_nothing()
@@ -67,10 +66,7 @@ pub async fn claim(
     )
     .into_query();
     insert.returning_all();
-    let inserted = Entity::find()
-        .from_raw_sql(db.get_database_backend().build(&insert))
-        .all(db)
-        .await?;
+    let inserted = super::rows_written::<Entity>(db, &insert).await?;
     // Matched on the ingestion too: of two requests with the same key, only the one whose
     // row went in holds it.
     Ok(wanted

@@ -48,6 +48,19 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Ok(db)
 }
 
+/// Runs an insert or update that ends in `RETURNING *` (sea-query's `returning_all`) and reads
+/// back the rows it wrote. sea-orm's own RETURNING is PostgreSQL-only unless configured, and
+/// SQLite has had RETURNING since 3.35, so callers build the statement and run it here.
+pub(crate) async fn rows_written<E: sea_orm::EntityTrait>(
+    db: &impl ConnectionTrait,
+    statement: &impl sea_orm::StatementBuilder,
+) -> Result<Vec<E::Model>, DbErr> {
+    E::find()
+        .from_raw_sql(db.get_database_backend().build(statement))
+        .all(db)
+        .await
+}
+
 /// Whether an error is a unique-constraint violation: another writer (perhaps another
 /// gateway on the same database) inserted the same key first.
 pub fn is_unique_violation(err: &DbErr) -> bool {

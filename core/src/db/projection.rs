@@ -7,7 +7,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -106,20 +106,24 @@ pub async fn record_accepted(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<String> = rows.iter().map(|r| r.ingestion_id.clone()).collect();
     let txn = begin_event_write(db).await?;
-    let existing: HashSet<String> = Entity::find()
-        .select_only()
-        .column(Column::IngestionId)
-        .filter(Column::IngestionId.is_in(ids))
-        .into_tuple::<String>()
-        .all(&txn)
+    // One statement inserts the rows not there yet and returns them.
+    let mut insert = Entity::insert_many(rows.iter().cloned().map(ingestion::ActiveModel::from))
+        .on_conflict(
+            OnConflict::column(Column::IngestionId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
+    insert.returning_all();
+    let inserted: HashSet<String> = super::rows_written::<Entity>(&txn, &insert)
         .await?
         .into_iter()
+        .map(|row| row.ingestion_id)
         .collect();
-    let (known, recorded): (Vec<Model>, Vec<Model>) = rows
+    let (recorded, known): (Vec<Model>, Vec<Model>) = rows
         .into_iter()
-        .partition(|row| existing.contains(&row.ingestion_id));
+        .partition(|row| inserted.contains(&row.ingestion_id));
     for row in known {
         Entity::update_many()
             .col_expr(
@@ -132,11 +136,6 @@ pub async fn record_accepted(
             )
             .filter(Column::IngestionId.eq(row.ingestion_id))
             .exec(&txn)
-            .await?;
-    }
-    if !recorded.is_empty() {
-        Entity::insert_many(recorded.iter().cloned().map(ingestion::ActiveModel::from))
-            .exec_without_returning(&txn)
             .await?;
     }
     let changes = append_events(&txn, recorded).await?;
@@ -167,28 +166,36 @@ pub async fn apply_completion(
 
 /// Applies completions in order, in one database transaction (a worker commits its
 /// completions in batches, and they arrive together): each one's events, as
-/// [`apply_completion`] returns them, in its place.
+/// [`apply_completion`] returns them, in its place. Each completion costs one statement (an
+/// update that returns the row it moved, or an insert); their events are appended together
+/// at the end, in order.
 pub async fn apply_completions(
     db: &DatabaseConnection,
     completions: &[Completion],
 ) -> Result<Vec<Vec<Change>>, DbErr> {
     let txn = begin_event_write(db).await?;
-    let mut changes = Vec::with_capacity(completions.len());
+    let mut rows = Vec::new();
+    let mut counts = Vec::with_capacity(completions.len());
     for completion in completions {
-        changes.push(apply_in(&txn, completion).await?);
+        let ended = apply_in(&txn, completion).await?;
+        counts.push(ended.len());
+        rows.extend(ended);
     }
+    let mut changes = append_events(&txn, rows).await?.into_iter();
     txn.commit().await?;
-    Ok(changes)
+    Ok(counts
+        .into_iter()
+        .map(|count| changes.by_ref().take(count).collect())
+        .collect())
 }
 
-/// One completion, inside the caller's event-writing transaction.
-async fn apply_in(
-    txn: &DatabaseTransaction,
-    completion: &Completion,
-) -> Result<Vec<Change>, DbErr> {
+/// One completion, inside the caller's event-writing transaction: the rows whose events it
+/// adds (none when the ingestion had already ended).
+async fn apply_in(txn: &DatabaseTransaction, completion: &Completion) -> Result<Vec<Model>, DbErr> {
     let state = outcome_state(completion.outcome);
-    // Conditional on `accepted`, so of two deliveries (or two gateways) exactly one moves it.
-    let moved = Entity::update_many()
+    // Conditional on `accepted`, so of two deliveries (or two gateways) exactly one moves it;
+    // the statement returns the row it moved.
+    let mut update = Entity::update_many()
         .col_expr(Column::State, Expr::value(state))
         .col_expr(
             Column::ChunkCount,
@@ -205,56 +212,51 @@ async fn apply_in(
         .filter(Column::IngestionId.eq(&completion.ingestion_id))
         .filter(Column::Tenant.eq(&completion.tenant))
         .filter(Column::State.eq(ACCEPTED))
-        .exec(txn)
-        .await?
-        .rows_affected;
-    let events = if moved == 1 {
-        get(txn, &completion.tenant, &completion.ingestion_id)
-            .await?
-            .into_iter()
-            .collect()
-    } else {
-        // Not recorded here yet (the completion overtook the gateway's own record) or done.
-        let accepted = Model {
-            ingestion_id: completion.ingestion_id.clone(),
-            tenant: completion.tenant.clone(),
-            document_id: completion.document_id.clone(),
-            operation: completion.operation.as_str().to_owned(),
-            state: ACCEPTED.to_owned(),
-            kafka_topic: completion.source.topic.clone(),
-            kafka_partition: completion.source.partition,
-            kafka_offset: completion.source.offset,
-            chunk_count: 0,
-            failure_reason: None,
-            // A gateway that died before recording the ingestion leaves these to the worker:
-            // a retry with the same key (or the same content) is still recognised.
-            idempotency_key: completion.idempotency_key.clone(),
-            accepted_at_ms: completion.accepted_at_ms,
-            completed_at_ms: None,
-            content_hash: completion.content_hash.clone(),
-        };
-        let ended = Model {
-            state: state.to_owned(),
-            chunk_count: completion.chunk_count as i32,
-            failure_reason: completion.failure_reason.clone(),
-            completed_at_ms: Some(completion.completed_at_ms),
-            ..accepted.clone()
-        };
-        let inserted = Entity::insert(ingestion::ActiveModel::from(ended.clone()))
-            .on_conflict(
-                OnConflict::column(Column::IngestionId)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-        if inserted == 1 {
-            vec![accepted, ended]
-        } else {
-            Vec::new()
-        }
+        .into_query();
+    update.returning_all();
+    let moved = super::rows_written::<Entity>(txn, &update).await?;
+    if !moved.is_empty() {
+        return Ok(moved);
+    }
+    // Not recorded here yet (the completion overtook the gateway's own record) or done.
+    let accepted = Model {
+        ingestion_id: completion.ingestion_id.clone(),
+        tenant: completion.tenant.clone(),
+        document_id: completion.document_id.clone(),
+        operation: completion.operation.as_str().to_owned(),
+        state: ACCEPTED.to_owned(),
+        kafka_topic: completion.source.topic.clone(),
+        kafka_partition: completion.source.partition,
+        kafka_offset: completion.source.offset,
+        chunk_count: 0,
+        failure_reason: None,
+        // A gateway that died before recording the ingestion leaves these to the worker:
+        // a retry with the same key (or the same content) is still recognised.
+        idempotency_key: completion.idempotency_key.clone(),
+        accepted_at_ms: completion.accepted_at_ms,
+        completed_at_ms: None,
+        content_hash: completion.content_hash.clone(),
     };
-    append_events(txn, events).await
+    let ended = Model {
+        state: state.to_owned(),
+        chunk_count: completion.chunk_count as i32,
+        failure_reason: completion.failure_reason.clone(),
+        completed_at_ms: Some(completion.completed_at_ms),
+        ..accepted.clone()
+    };
+    let inserted = Entity::insert(ingestion::ActiveModel::from(ended.clone()))
+        .on_conflict(
+            OnConflict::column(Column::IngestionId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    Ok(if inserted == 1 {
+        vec![accepted, ended]
+    } else {
+        Vec::new()
+    })
 }
 
 /// The latest event of one ingestion in the log, if any.
