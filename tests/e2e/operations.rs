@@ -331,22 +331,29 @@ impl VectorStore for FlakyStore {
     fn kind(&self) -> &'static str {
         "flaky"
     }
-    async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let attempt = {
-            let mut attempts = self.attempts.lock().unwrap();
-            let n = attempts.entry(document.document_id.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        let doomed =
-            document.document_id.starts_with("doomed") && !self.healed.load(Ordering::SeqCst);
-        if doomed || attempt <= self.failures {
-            return Err(VectorStoreError::unavailable(format!(
-                "injected failure {attempt}"
-            )));
+    /// One document at a time; the first failure ends the batch.
+    async fn index_documents(
+        &self,
+        documents: Vec<IndexedDocument>,
+    ) -> Result<(), VectorStoreError> {
+        for document in documents {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let attempt = {
+                let mut attempts = self.attempts.lock().unwrap();
+                let n = attempts.entry(document.document_id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let doomed =
+                document.document_id.starts_with("doomed") && !self.healed.load(Ordering::SeqCst);
+            if doomed || attempt <= self.failures {
+                return Err(VectorStoreError::unavailable(format!(
+                    "injected failure {attempt}"
+                )));
+            }
+            self.inner.index_document(document).await?;
         }
-        self.inner.index_document(document).await
+        Ok(())
     }
     async fn delete_document(
         &self,

@@ -40,9 +40,12 @@ impl VectorStore for Switched {
     fn kind(&self) -> &'static str {
         self.store.kind()
     }
-    async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError> {
+    async fn index_documents(
+        &self,
+        documents: Vec<IndexedDocument>,
+    ) -> Result<(), VectorStoreError> {
         self.check()?;
-        self.store.index_document(document).await
+        self.store.index_documents(documents).await
     }
     async fn delete_document(
         &self,

@@ -263,6 +263,35 @@ async fn parity(url: &str, collection: &str, embedder: &Embedder, server: &Qdran
         assert_eq!(store.count_document("alpha", "doc-3").await.unwrap(), 0);
         assert!(store.count_document("alpha", "doc-4").await.unwrap() > 0);
     }
+    // One batch is one upsert and one delete on either store; it leaves what writing its
+    // documents in order would, a document coming twice included: doc-7 shorter then whole
+    // keeps all 4 chunks, doc-11 whole then shorter keeps 1, doc-15 is untouched.
+    let (longer, shorter) = (documents[7].clone(), documents[11].clone());
+    let truncated = |document: &IndexedDocument| {
+        let mut document = document.clone();
+        document.chunks.truncate(1);
+        document
+    };
+    for store in stores {
+        store
+            .index_documents(vec![
+                truncated(&longer),
+                longer.clone(),
+                shorter.clone(),
+                truncated(&shorter),
+            ])
+            .await
+            .unwrap();
+        for (id, chunks) in [("doc-7", 4), ("doc-11", 1), ("doc-15", 4)] {
+            let tenant = if id == "doc-15" { "beta" } else { "alpha" };
+            assert_eq!(
+                store.count_document(tenant, id).await.unwrap(),
+                chunks,
+                "{id} in {}",
+                store.kind()
+            );
+        }
+    }
     store_health(server).await;
     println!("qdrant server and embedded store: {compared} searches compared, hit lists identical");
 }

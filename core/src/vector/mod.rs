@@ -137,21 +137,20 @@ pub trait VectorStore: Send + Sync + 'static {
     /// Short name for logs and health ("qdrant-edge", "qdrant").
     fn kind(&self) -> &'static str;
 
-    /// Upserts the document's chunks and removes its chunks past the new last one, so that a
-    /// document re-ingested with fewer chunks keeps no stale ones. Idempotent.
-    async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError>;
-
-    /// [`Self::index_document`] for each, in order, as one write where the store can (the
-    /// embedded store flushes to disk once for all of them). On an error some may be indexed
-    /// and others not; indexing them again is harmless.
+    /// Upserts each document's chunks and removes its chunks past the new last one, so that a
+    /// document re-ingested with fewer chunks keeps no stale ones; the store ends as if the
+    /// documents were written one by one, in order. Idempotent. Both stores write a batch as
+    /// one upsert and one delete of the stale chunks (the embedded store then flushes to disk
+    /// once; the server store makes two requests, not two per document). On an error some
+    /// may be indexed and others not; indexing them again is harmless.
     async fn index_documents(
         &self,
         documents: Vec<IndexedDocument>,
-    ) -> Result<(), VectorStoreError> {
-        for document in documents {
-            self.index_document(document).await?;
-        }
-        Ok(())
+    ) -> Result<(), VectorStoreError>;
+
+    /// [`Self::index_documents`] of one document.
+    async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError> {
+        self.index_documents(vec![document]).await
     }
 
     /// Removes every chunk of the document; returns how many points it had. Idempotent.

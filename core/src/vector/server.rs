@@ -19,8 +19,8 @@ use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value as JsonValue};
 
 use super::edge::{
-    check_dimension, chunk_count, chunk_payload, document_clauses, hit_from_payload,
-    search_clauses, stale_chunk_clauses, Clause,
+    check_dimension, chunk_payload, document_clauses, hit_from_payload, search_clauses, BatchWrite,
+    Clause,
 };
 use super::{
     payload, point_id, IndexedDocument, VectorHit, VectorQuery, VectorStore, VectorStoreError,
@@ -169,30 +169,36 @@ impl VectorStore for QdrantServerStore {
         "qdrant"
     }
 
-    async fn index_document(&self, document: IndexedDocument) -> Result<(), VectorStoreError> {
-        let mut points = Vec::with_capacity(document.chunks.len());
-        for chunk in &document.chunks {
-            check_dimension(&chunk.vector, self.dimension)?;
+    /// Two requests for the whole batch (an upsert, then a delete of the stale chunks) instead
+    /// of two per document: each waits for the server to apply it.
+    async fn index_documents(
+        &self,
+        documents: Vec<IndexedDocument>,
+    ) -> Result<(), VectorStoreError> {
+        let Some(batch) = BatchWrite::new(documents)? else {
+            return Ok(());
+        };
+        let points = batch.points(self.dimension, |document, chunk| {
             let id = point_id(&document.tenant, &document.document_id, chunk.index);
-            points.push(PointStruct::new(
+            PointStruct::new(
                 id.to_string(),
                 chunk.vector.clone(),
-                server_payload(chunk_payload(&document, chunk)),
-            ));
-        }
+                server_payload(chunk_payload(document, chunk)),
+            )
+        })?;
         if !points.is_empty() {
             self.client
                 .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
                 .await
                 .map_err(client_error("upsert points"))?;
         }
-        let stale = stale_chunk_clauses(
-            &document.tenant,
-            &document.document_id,
-            chunk_count(&document)?,
+        let stale = Filter::should(
+            batch
+                .stale
+                .iter()
+                .map(|clauses| Condition::from(server_filter(clauses))),
         );
-        self.delete(server_filter(&stale), "delete stale chunks")
-            .await
+        self.delete(stale, "delete stale chunks").await
     }
 
     /// The count and the delete are two requests: a write to the same document between them
@@ -348,6 +354,7 @@ mod tests {
     use qdrant_client::qdrant::condition::ConditionOneOf;
     use qdrant_client::qdrant::FieldCondition;
 
+    use super::super::edge::stale_chunk_clauses;
     use super::super::Chunk;
     use super::*;
 
