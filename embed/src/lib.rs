@@ -223,6 +223,7 @@ impl Embedder {
     /// Loads the model from `model_dir` (`config.json`, `tokenizer.json`, `model.safetensors`
     /// and, optionally, sentence-transformers' `1_Pooling/config.json`). Nothing is downloaded.
     pub fn load(model_dir: &Path, options: EmbedderOptions) -> Result<Embedder, EmbedError> {
+        pool::start();
         let missing: Vec<&str> = REQUIRED_FILES
             .into_iter()
             .filter(|file| !model_dir.join(file).is_file())

@@ -17,6 +17,16 @@ thread_local! {
     static ALONE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Starts rayon's global pool with its threads named `model-0`, `model-1`, … (what `top -H`,
+/// `perf` and a debugger show), unless something in the process started it already.
+pub(crate) fn start() {
+    // Only the first caller in a process can build the global pool; the others (a second
+    // embedder, or a pool rayon already started on first use) keep the one there is.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("model-{i}"))
+        .build_global();
+}
+
 /// Runs `work` with every loop it starts (these helpers, the int8 and gemm products) on the
 /// calling thread only.
 pub(crate) fn alone<R>(work: impl FnOnce() -> R) -> R {
