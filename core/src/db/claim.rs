@@ -66,16 +66,17 @@ pub async fn claim(
     )
     .into_query();
     insert.returning_all();
-    let inserted = super::rows_written::<Entity>(db, &insert).await?;
+    let inserted: std::collections::HashSet<(String, String, String)> =
+        super::rows_written::<Entity>(db, &insert)
+            .await?
+            .into_iter()
+            .map(|row| (row.tenant, row.key, row.ingestion_id))
+            .collect();
     // Matched on the ingestion too: of two requests with the same key, only the one whose
     // row went in holds it.
     Ok(wanted
         .iter()
-        .map(|w| {
-            inserted.iter().any(|row| {
-                row.tenant == w.tenant && row.key == w.key && row.ingestion_id == w.ingestion_id
-            })
-        })
+        .map(|w| inserted.contains(&(w.tenant.clone(), w.key.clone(), w.ingestion_id.clone())))
         .collect())
 }
 
